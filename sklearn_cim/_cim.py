@@ -1,0 +1,436 @@
+"""CIMTransformer: Contrastive Input Morphing as a scikit-learn transformer."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._distances import DISTANCES, LPIPS_TRUNKS, make_distance
+from ._networks import ConvClassifier, MaskNet
+from ._training import (
+    TorchNet, as_device_tensor, batched_apply, default_callbacks, fit_net,
+    resolve_device,
+)
+from ._triplet import MININGS, mine_triplets, triplet_loss
+from ._validation import (
+    check_choice, check_data_range, check_number, encode_labels, validate_images,
+    value_scale,
+)
+
+# Activation budget (elements) of one transform chunk: chunk * H * W * tn_width.
+_TRANSFORM_BUDGET = 2 ** 25
+
+
+class CIMModule(nn.Module):
+    """Mask net and auxiliary classifier head: ``x -> (m, psi(x), logits)``."""
+
+    def __init__(self, in_channels, n_classes, tn_width=16, tn_depth=2,
+                 per_channel_mask=False, head_width=32):
+        super().__init__()
+        self.mask_net = MaskNet(in_channels, tn_width, tn_depth, per_channel_mask)
+        self.head = ConvClassifier(in_channels, n_classes, head_width)
+
+    def forward(self, x):
+        mask = self.mask_net(x)
+        psi = mask * x
+        return mask, psi, self.head(psi)
+
+
+@dataclass(frozen=True)
+class CIMObjective:
+    """The weights and choices of the CIM loss (see :class:`CIMTransformer`)."""
+
+    classifier_weight: float = 1.0
+    triplet_weight: float = 1.0
+    margin: float = 0.1
+    mining: str = "random"
+    pair_transform: bool = False
+    mask_weight: float = 0.0
+    distance: Any = "lpips-alex"
+    pretrained: bool = True
+
+
+class CIMNet(TorchNet):
+    """skorch net training :class:`CIMModule` on the CIM objective.
+
+    The perceptual metric is built on first use, kept outside skorch's module
+    registry (so it is never optimised, never switched to train mode and never
+    pickled) and stays frozen in eval mode.
+    """
+
+    def __init__(self, *args, objective=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+
+    transient_attributes = TorchNet.transient_attributes + ("metric",)
+
+    def get_metric(self):
+        if getattr(self, "metric", None) is None:
+            self.metric = make_distance(
+                self.objective.distance, self.objective.pretrained).to(self.device)
+        return self.metric
+
+    def loss_terms(self, y_pred, y_true, X):
+        mask, psi, logits = y_pred
+        obj = self.objective
+        terms = {}
+        if obj.classifier_weight > 0:
+            terms["ce"] = (obj.classifier_weight, self.criterion_(logits, y_true))
+        if obj.triplet_weight > 0:
+            terms["triplet"] = (obj.triplet_weight, self.triplet_term(psi, X, y_true))
+        if obj.mask_weight > 0:
+            terms["mask"] = (obj.mask_weight, mask.mean())
+        return terms
+
+    def triplet_term(self, psi, x, y):
+        """``mean(relu(d(psi(x), p) - d(psi(x), q) + margin))`` over the batch.
+
+        One trunk pass with gradient (the anchors psi(x)); positives and
+        negatives are rows of gradient-free embeddings: of the originals, or of
+        psi itself (detached) with ``pair_transform=True``. Hard mining uses the
+        originals' pairwise distances.
+        """
+        obj = self.objective
+        metric = self.get_metric()
+        anchor = metric.embed(psi)
+        with torch.no_grad():
+            need_originals = not obj.pair_transform or obj.mining == "hard"
+            originals = metric.embed(x) if need_originals else None
+            pairwise = metric.pairwise(originals) if obj.mining == "hard" else None
+        pos, neg, valid = mine_triplets(
+            y, obj.mining, generator=self.generator, pairwise=pairwise)
+        pairs = [e.detach() for e in anchor] if obj.pair_transform else originals
+        d_pos = metric.between(anchor, metric.take(pairs, pos))
+        d_neg = metric.between(anchor, metric.take(pairs, neg))
+        return triplet_loss(d_pos, d_neg, obj.margin, valid)
+
+
+class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Contrastive Input Morphing (Taghanaki et al., ICML 2021).
+
+    ``fit`` trains a transformation network that maps each image ``x`` to a
+    mask ``m`` in [0, 1]; ``transform`` returns ``psi(x) = m * x``. Training
+    minimises::
+
+        classifier_weight * CE(head(psi(x)), y)
+        + triplet_weight * mean(relu(d(psi(x), p) - d(psi(x), q) + margin))
+        + mask_weight * mean(m)
+
+    with ``p`` a same-class and ``q`` an other-class image from the batch and
+    ``d`` a perceptual distance (LPIPS by default). Pixels the mask keeps are
+    those that make ``psi(x)`` look like its class and unlike other classes;
+    nuisance features that do not help that are dimmed towards 0 (black).
+
+    Parameters
+    ----------
+    image_shape : tuple of int or None, default=None
+        ``(C, H, W)`` (or ``(H, W)`` for grayscale) of each row of a 2-D X; one
+        entry may be -1. None infers square grayscale (``H*H`` features) and
+        square RGB (``3*H*H``) rows, and is not needed for 4-D X.
+    distance : {"lpips-alex", "lpips-vgg", "lpips-squeeze", "ssim", "l2"} or \
+            callable, default="lpips-alex"
+        ``d`` of the triplet loss. A callable takes two float tensors
+        ``(N, C, H, W)`` in [0, 1] and returns ``(N,)`` distances. Scales:
+        LPIPS ~0.1-0.7 between different images; ``ssim`` is ``1 - SSIM`` in
+        [0, 2]; ``l2`` is the RMS pixel difference in [0, 1].
+    pretrained : bool, default=True
+        LPIPS only: use the ImageNet trunk from torchvision's cache. When it
+        cannot be obtained (offline), ``fit`` raises and names the cache
+        directory; ``pretrained=False`` uses a random trunk.
+    classifier_weight : float, default=1.0
+        Weight of the auxiliary classifier's cross-entropy on psi(x).
+    triplet_weight : float, default=1.0
+        Weight of the triplet loss. 0 disables it.
+    margin : float, default=0.1
+        Triplet margin, an absolute distance in the units of ``distance``.
+        Shrinking every image cannot make the loss vanish.
+    mining : {"random", "hard"}, default="random"
+        How positives and negatives are drawn from the batch; ``"hard"`` takes
+        the farthest positive and the nearest negative under ``distance`` on the
+        original images.
+    pair_transform : bool, default=False
+        If True, positives and negatives are also passed through the
+        transformation network (as constants: no gradient flows through them);
+        if False they are the original images.
+    mask_weight : float, default=0.0
+        Weight of ``mean(m)``; > 0 pushes towards sparser masks.
+    per_channel_mask : bool, default=False
+        One mask per colour channel instead of one broadcast over channels.
+    tn_width, tn_depth : int, default=16, 2
+        Width (first-stage channels) and number of down-sampling stages of the
+        U-Net transformation network.
+    head_width : int, default=32
+        Width of the auxiliary CNN classifier head.
+    data_range : (float, float) or None, default=(0.0, 1.0)
+        Value range of float X; values outside raise. Integer X is always read
+        as 8-bit pixels in [0, 255]. ``None`` takes floats as they are (only
+        with ``distance="l2"`` or a callable). Masked pixels move towards the
+        range's low end: ``psi(x) = low + m * (x - low)``, which is ``m * x``
+        for the default range and for uint8.
+    max_epochs : int, default=10
+    batch_size : int, default=128
+        Triplets are mined inside each batch: it must be >= 2, and large enough
+        to hold several samples of each class.
+    lr : float, default=1e-3
+        Adam learning rate.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds network initialisation, batch order and random mining. On CPU,
+        equal seeds give bitwise-equal transforms.
+    verbose : int, default=0
+        0 silent, 1 one log line per epoch, 2 also a progress bar.
+    callbacks : list of skorch callbacks or None, default=None
+
+    Attributes
+    ----------
+    net_ : CIMNet
+        The fitted skorch net; ``net_.module_.mask_net`` is the transformation
+        network.
+    classes_ : ndarray of shape (n_classes,)
+    image_shape_ : tuple of int
+        ``(C, H, W)``.
+    n_features_in_ : int
+        ``C * H * W``.
+    feature_names_in_ : ndarray of str
+        Only when X had string column names.
+    device_ : str
+        Device the model lives on (``"cpu"`` after loading a CUDA model on a
+        machine without CUDA).
+    history_ : skorch History
+        Per-epoch ``train_loss``, ``train_ce``, ``train_triplet`` (and
+        ``train_mask``), all unweighted except ``train_loss``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cim import CIMTransformer
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.rand(40, 3, 8, 8).astype(np.float32)
+    >>> y = np.repeat([0, 1], 20)
+    >>> cim = CIMTransformer(distance="l2", max_epochs=1, batch_size=16,
+    ...                      device="cpu", random_state=0).fit(X, y)
+    >>> cim.transform(X).shape
+    (40, 3, 8, 8)
+    >>> bool(((cim.masks(X) >= 0) & (cim.masks(X) <= 1)).all())
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        image_shape=None,
+        distance="lpips-alex",
+        pretrained=True,
+        classifier_weight=1.0,
+        triplet_weight=1.0,
+        margin=0.1,
+        mining="random",
+        pair_transform=False,
+        mask_weight=0.0,
+        per_channel_mask=False,
+        tn_width=16,
+        tn_depth=2,
+        head_width=32,
+        data_range=(0.0, 1.0),
+        max_epochs=10,
+        batch_size=128,
+        lr=1e-3,
+        device="auto",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+    ):
+        self.image_shape = image_shape
+        self.distance = distance
+        self.pretrained = pretrained
+        self.classifier_weight = classifier_weight
+        self.triplet_weight = triplet_weight
+        self.margin = margin
+        self.mining = mining
+        self.pair_transform = pair_transform
+        self.mask_weight = mask_weight
+        self.per_channel_mask = per_channel_mask
+        self.tn_width = tn_width
+        self.tn_depth = tn_depth
+        self.head_width = head_width
+        self.data_range = data_range
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    # -- public API -----------------------------------------------------------
+    def fit(self, X, y):
+        """Train the transformation network on labelled images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C*H*W) or (n_samples, C, H, W)
+            Float images in ``data_range`` (default [0, 1]) or uint8 in [0, 255].
+        y : array-like of shape (n_samples,)
+            Class labels (any type scikit-learn accepts, strings included).
+
+        Returns
+        -------
+        self : CIMTransformer
+        """
+        self._check_params()
+        X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape)
+        data_range = check_data_range(self.data_range)
+        units = value_scale(X, data_range)
+        if data_range is None and X.dtype.kind == "f" and self._needs_unit_range():
+            raise ValueError(
+                f"distance={self.distance!r} needs images in a known range; set "
+                "data_range=(low, high) for float X (data_range=None is only for "
+                "distance='l2' or a callable)."
+            )
+        self._check_image_shape_for_distance(shape)
+        min_per_class = 2 if self.triplet_weight > 0 else 1
+        self.classes_, y_enc = encode_labels(y, min_per_class=min_per_class)
+        self.image_shape_ = tuple(int(s) for s in shape)
+        self._fit(X, y_enc, units)
+        return self
+
+    def transform(self, X):
+        """Return psi(X) = m * X in X's layout (2-D in, 2-D out) and units.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C*H*W) or (n_samples, C, H, W)
+
+        Returns
+        -------
+        psi : ndarray of the same shape as X
+            float32 (float64 if X is float64), in X's units (0-255 for uint8).
+        """
+        return self._apply(X, "psi")
+
+    def masks(self, X):
+        """Return the masks m in [0, 1].
+
+        Returns
+        -------
+        m : ndarray
+            ``(n_samples, Cm, H, W)`` for 4-D X, else ``(n_samples, Cm*H*W)``;
+            ``Cm`` is 1, or C with ``per_channel_mask=True``.
+        """
+        return self._apply(X, "mask")
+
+    @property
+    def history_(self):
+        return self.net_.history_
+
+    @property
+    def device_(self):
+        return str(self.net_.device)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    # -- internals ------------------------------------------------------------
+    def _needs_unit_range(self):
+        return not (callable(self.distance) or self.distance == "l2")
+
+    def _check_params(self):
+        if not callable(self.distance):
+            check_choice("distance", self.distance, DISTANCES)
+        check_choice("mining", self.mining, MININGS)
+        for name in ("classifier_weight", "triplet_weight", "mask_weight", "margin"):
+            check_number(name, getattr(self, name), low=0)
+        if self.classifier_weight == 0 and self.triplet_weight == 0:
+            raise ValueError(
+                "classifier_weight and triplet_weight are both 0: nothing would "
+                "train the mask. Set at least one of them > 0."
+            )
+        for name in ("tn_width", "head_width", "max_epochs"):
+            check_number(name, getattr(self, name), low=1, integer=True)
+        check_number("tn_depth", self.tn_depth, low=0, integer=True)
+        check_number("batch_size", self.batch_size, low=2, integer=True)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("verbose", self.verbose, low=0, integer=True)
+        for name in ("pretrained", "pair_transform", "per_channel_mask"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        resolve_device(self.device)
+
+    def _check_image_shape_for_distance(self, shape):
+        if self.triplet_weight > 0 and self.distance in LPIPS_TRUNKS and shape[0] not in (1, 3):
+            raise ValueError(
+                f"LPIPS compares grayscale or RGB images, but image_shape={shape} has "
+                f"{shape[0]} channels. Check image_shape (channels first: (C, H, W)) "
+                "or use distance='ssim' or 'l2'."
+            )
+
+    def _fit(self, X, y, units):
+        device = resolve_device(self.device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        objective = CIMObjective(
+            classifier_weight=float(self.classifier_weight),
+            triplet_weight=float(self.triplet_weight),
+            margin=float(self.margin),
+            mining=self.mining,
+            pair_transform=bool(self.pair_transform),
+            mask_weight=float(self.mask_weight),
+            distance=self.distance,
+            pretrained=bool(self.pretrained),
+        )
+        net = CIMNet(
+            CIMModule,
+            module__in_channels=self.image_shape_[0],
+            module__n_classes=len(self.classes_),
+            module__tn_width=self.tn_width,
+            module__tn_depth=self.tn_depth,
+            module__per_channel_mask=bool(self.per_channel_mask),
+            module__head_width=self.head_width,
+            criterion=nn.CrossEntropyLoss,
+            optimizer=torch.optim.Adam,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            device=device,
+            verbose=self.verbose,
+            callbacks=default_callbacks(self.verbose, self.callbacks),
+            objective=objective,
+            image_shape=self.image_shape_,
+            units=units,
+            seed=seed,
+        )
+        X_t = as_device_tensor(X, device)
+        y_t = torch.as_tensor(y, device=device)
+        self.net_ = fit_net(net, X_t, y_t, seed)
+
+    def _apply(self, X, what):
+        check_is_fitted(self)
+        X, _, shape, was_4d = validate_images(self, X, reset=False)
+        units = value_scale(X, check_data_range(self.data_range))
+        module = self.net_.module_
+        module.eval()
+        c, h, w = shape
+        chunk = max(1, _TRANSFORM_BUDGET // (h * w * self.tn_width))
+        low, high = units
+
+        def psi(u):
+            return low + (high - low) * (module.mask_net(u) * u)
+
+        fn = psi if what == "psi" else module.mask_net
+        outs = batched_apply(fn, X, units=units, image_shape=shape,
+                             device=self.device_, chunk=chunk)
+        out = torch.cat(outs).numpy() if outs else np.empty((0,) + tuple(shape), np.float32)
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
+        out = out.astype(dtype, copy=False)
+        if was_4d:
+            return out
+        return out.reshape(len(out), -1)

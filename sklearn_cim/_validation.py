@@ -1,0 +1,206 @@
+"""Validation of image arrays, image shapes, labels and numeric parameters.
+
+Every check here raises a ``ValueError`` (or ``TypeError``) whose message says
+what to change; nothing is silently converted or clipped.
+"""
+
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+_UINT8_MAX = 255.0
+
+
+def resolve_image_shape(image_shape, n_features):
+    """Return the ``(C, H, W)`` image shape for rows of ``n_features`` values.
+
+    ``image_shape`` may be ``(C, H, W)``, ``(H, W)`` (grayscale), with at most
+    one entry equal to ``-1`` (inferred as in :func:`numpy.reshape`), or
+    ``None``: then only square grayscale (``H*H``) and square RGB (``3*H*H``)
+    rows are inferred.
+    """
+    if image_shape is None:
+        side = int(round(np.sqrt(n_features)))
+        if side * side == n_features:
+            return (1, side, side)
+        side = int(round(np.sqrt(n_features / 3)))
+        if 3 * side * side == n_features:
+            return (3, side, side)
+        raise ValueError(
+            f"Cannot infer the image shape of rows with {n_features} features: "
+            "only square grayscale (H*H) and square RGB (3*H*H) rows are inferred. "
+            "Pass image_shape=(C, H, W), e.g. image_shape=(3, 32, 48), or give X "
+            "as a 4-D array of shape (n_samples, C, H, W)."
+        )
+    if not isinstance(image_shape, (tuple, list)) or len(image_shape) not in (2, 3):
+        raise ValueError(
+            f"image_shape must be a tuple (C, H, W) or (H, W), got {image_shape!r}."
+        )
+    for dim in image_shape:
+        if isinstance(dim, bool) or not isinstance(dim, Integral):
+            raise TypeError(
+                f"image_shape must hold integers, got {image_shape!r}; "
+                "write e.g. image_shape=(1, 28, 28)."
+            )
+        if dim == 0 or dim < -1:
+            raise ValueError(
+                f"image_shape entries must be positive (or one -1 to infer), "
+                f"got {image_shape!r}."
+            )
+    shape = tuple(int(d) for d in image_shape)
+    if len(shape) == 2:
+        shape = (1,) + shape
+    if shape.count(-1) > 1:
+        raise ValueError(f"image_shape may hold at most one -1, got {image_shape!r}.")
+    if -1 in shape:
+        known = int(np.prod([d for d in shape if d != -1]))
+        if n_features % known:
+            raise ValueError(
+                f"image_shape={image_shape!r} does not divide the {n_features} "
+                "features of each row; fix image_shape so that C*H*W equals "
+                "n_features."
+            )
+        shape = tuple(n_features // known if d == -1 else d for d in shape)
+    if int(np.prod(shape)) != n_features:
+        raise ValueError(
+            f"image_shape={image_shape!r} gives C*H*W={int(np.prod(shape))} but X "
+            f"has {n_features} features per row; pass the image_shape X was made "
+            "with, or reshape X."
+        )
+    return shape
+
+
+def check_data_range(data_range):
+    """Return ``(low, high)`` floats or ``None`` after checking them."""
+    if data_range is None:
+        return None
+    if not isinstance(data_range, (tuple, list)) or len(data_range) != 2:
+        raise ValueError(
+            f"data_range must be a (low, high) pair or None, got {data_range!r}."
+        )
+    low, high = data_range
+    if not all(isinstance(v, Real) and np.isfinite(v) for v in (low, high)):
+        raise ValueError(f"data_range must hold two finite numbers, got {data_range!r}.")
+    if not low < high:
+        raise ValueError(f"data_range must satisfy low < high, got {data_range!r}.")
+    return float(low), float(high)
+
+
+def value_scale(X, data_range):
+    """Return ``(low, high)``, the units of X, after checking X lies inside them.
+
+    Integer X holds 8-bit pixels: ``(0, 255)``. Float X must lie in
+    ``data_range``; with ``data_range=None`` floats are taken as they are and
+    ``(0, 1)`` is returned (no rescaling).
+    """
+    if X.size == 0:
+        return (0.0, 1.0)
+    if np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_:
+        lo, hi = X.min(), X.max()
+        if lo < 0 or hi > _UINT8_MAX:
+            raise ValueError(
+                f"Integer X is read as 8-bit pixels in [0, 255], but it holds values "
+                f"in [{lo}, {hi}]. Pass uint8 images, or floats scaled to data_range."
+            )
+        return (0.0, _UINT8_MAX)
+    if data_range is None:
+        return (0.0, 1.0)
+    low, high = data_range
+    lo, hi = float(X.min()), float(X.max())
+    if lo < low or hi > high:
+        raise ValueError(
+            f"X holds values in [{lo:.4g}, {hi:.4g}], outside data_range=({low:g}, "
+            f"{high:g}). Scale X into that range (float images are expected in "
+            "[0, 1]; uint8 in [0, 255]), or set data_range to the range your data "
+            "uses (data_range=None takes floats as they are, only with "
+            "distance='l2' or a callable)."
+        )
+    return (low, high)
+
+
+def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
+    """Validate X (2-D rows or 4-D images) and optionally y.
+
+    Returns ``(X2d, y, image_shape, was_4d)`` where ``X2d`` keeps the input's
+    numeric dtype (uint8 stays uint8) and ``n_features_in_`` counts C*H*W.
+    """
+    was_4d = getattr(X, "ndim", None) == 4
+    shape4 = None
+    if was_4d:
+        X = np.asarray(X)
+        shape4 = tuple(X.shape[1:])
+        X = X.reshape(X.shape[0], -1)
+    elif getattr(X, "ndim", 2) not in (1, 2) and hasattr(X, "shape"):
+        raise ValueError(
+            f"X must be 2-D (n_samples, C*H*W) or 4-D (n_samples, C, H, W); got "
+            f"{X.ndim}-D with shape {X.shape}. Reshape it to one of these layouts."
+        )
+    kwargs = dict(dtype="numeric", ensure_all_finite=True, accept_sparse=False)
+    if y is None:
+        X = validate_data(estimator, X, reset=reset, **kwargs)
+    else:
+        X, y = validate_data(estimator, X, y, reset=reset, **kwargs)
+    if reset:
+        if was_4d:
+            if image_shape is not None and resolve_image_shape(
+                image_shape, X.shape[1]
+            ) != shape4:
+                raise ValueError(
+                    f"image_shape={image_shape!r} disagrees with the 4-D X of image "
+                    f"shape {shape4}; drop image_shape or make them agree."
+                )
+            shape = shape4
+        else:
+            shape = resolve_image_shape(image_shape, X.shape[1])
+    else:
+        shape = estimator.image_shape_
+        if was_4d and shape4 != tuple(shape):
+            raise ValueError(
+                f"X has images of shape {shape4}, but {type(estimator).__name__} "
+                f"was fitted on images of shape {tuple(shape)}."
+            )
+    return X, y, shape, was_4d
+
+
+def encode_labels(y, *, min_per_class=1):
+    """Return ``(classes, y_encoded)`` after checking class counts."""
+    check_classification_targets(y)
+    classes, y_enc = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"y holds 1 class ({classes[0]!r}); training needs at least 2 classes. "
+            "Pass labels of at least two classes."
+        )
+    counts = np.bincount(y_enc)
+    if min_per_class > 1 and counts.min() < min_per_class:
+        small = [classes[i] for i in np.flatnonzero(counts < min_per_class)]
+        raise ValueError(
+            f"Triplet mining needs at least {min_per_class} samples of every class "
+            f"(a same-class positive besides the anchor); classes {small[:10]!r} have "
+            "fewer (one sample). Add samples of those classes, drop them, or set "
+            "triplet_weight=0."
+        )
+    return classes, y_enc.astype(np.int64)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {choices}.")
+
+
+def check_number(name, value, *, low=None, high=None, integer=False, low_open=False):
+    """Check a numeric hyper-parameter; the message names the allowed range."""
+    kind = Integral if integer else Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(
+            f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}."
+        )
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    if low is not None and (value <= low if low_open else value < low):
+        op = ">" if low_open else ">="
+        raise ValueError(f"{name} must be {op} {low}, got {value!r}.")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value!r}.")

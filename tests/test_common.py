@@ -1,0 +1,27 @@
+"""scikit-learn's estimator checks on tiny CPU settings."""
+
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sklearn_cim import CIMTransformer
+
+# The checks feed tabular data of any width and value range: each row is read
+# as a 1-pixel-high grayscale strip (image_shape=(1, 1, -1)), floats are taken
+# as they are (data_range=None), and the distance is "l2", which needs no range.
+ESTIMATORS = [
+    CIMTransformer(
+        image_shape=(1, 1, -1), data_range=None, distance="l2", max_epochs=2,
+        batch_size=16, tn_width=4, tn_depth=1, head_width=4, device="cpu",
+        random_state=0,
+    ),
+]
+
+EXPECTED_FAILURES = {}
+
+
+def expected_failed_checks(estimator):
+    return EXPECTED_FAILURES.get(type(estimator).__name__, {})
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=expected_failed_checks)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
