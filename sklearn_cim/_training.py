@@ -43,13 +43,14 @@ def resolve_device(device):
     return str(dev)
 
 
-def as_device_tensor(X, device):
+def as_device_tensor(X, device, *, pixels=True):
     """Put a validated 2-D array on ``device`` once, keeping uint8 as uint8.
 
-    Integer pixels become uint8 (their range was checked), float64 becomes
-    float32; float32 and uint8 arrays on CPU are shared, not copied.
+    With ``pixels=True`` integer X holds 8-bit pixels (range already checked)
+    and becomes uint8; otherwise, and for float64, it becomes float32. float32
+    and uint8 arrays on CPU are shared, not copied.
     """
-    if X.dtype.kind in "iub":
+    if pixels and X.dtype.kind in "iub":
         X = X.astype(np.uint8, copy=False)
     elif X.dtype != np.float32:
         X = X.astype(np.float32)
@@ -210,14 +211,14 @@ def fit_net(net, X, y, seed):
 
 
 @torch.no_grad()
-def batched_apply(fn, X, *, units, image_shape, device, chunk):
+def batched_apply(fn, X, *, units, image_shape, device, chunk, pixels=True):
     """Apply ``fn`` (unit-range images -> tensor) to a 2-D array in chunks.
 
     Returns a list of CPU tensors, one per chunk. Nothing is tracked by autograd.
     """
     outs = []
     for start in range(0, len(X), chunk):
-        xb = as_device_tensor(X[start:start + chunk], device)
+        xb = as_device_tensor(X[start:start + chunk], device, pixels=pixels)
         xb = to_unit(xb, units).view(-1, *image_shape)
         outs.append(fn(xb).float().cpu())
     return outs
