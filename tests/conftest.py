@@ -18,5 +18,5 @@ def images():
     """40 grayscale 8x8 images in [0, 1], two classes told apart by brightness."""
     rng = np.random.RandomState(0)
     y = np.repeat([0, 1], 20)
-    X = rng.rand(40, 1, 8, 8).astype(np.float32) * 0.5 + 0.5 * y[:, None, None, None]
+    X = (rng.rand(40, 1, 8, 8) * 0.5 + 0.5 * y[:, None, None, None]).astype(np.float32)
     return X, y

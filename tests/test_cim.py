@@ -1,0 +1,183 @@
+"""CIMTransformer: layouts, training signal, determinism, persistence."""
+
+import io
+import pickle
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import sklearn_cim._cim as cim_module
+from sklearn_cim import CIMTransformer
+from sklearn_cim._triplet import mine_triplets, triplet_loss
+
+
+def test_layouts_masks_and_psi(images, tiny):
+    X, y = images
+    cim = CIMTransformer(**tiny).fit(X, y)
+    psi4, m4 = cim.transform(X), cim.masks(X)
+    assert psi4.shape == X.shape and m4.shape == (40, 1, 8, 8)
+    assert psi4.dtype == np.float32
+    assert ((m4 >= 0) & (m4 <= 1)).all()
+    np.testing.assert_allclose(psi4, m4 * X, atol=1e-6)
+    X2 = X.reshape(40, -1)
+    np.testing.assert_allclose(cim.transform(X2), psi4.reshape(40, -1), atol=1e-6)
+    assert cim.masks(X2).shape == (40, 64)
+    assert cim.transform(X2.astype(np.float64)).dtype == np.float64
+    assert cim.n_features_in_ == 64 and cim.image_shape_ == (1, 8, 8)
+    assert cim.device_ == "cpu"
+
+
+def test_rgb_rows_and_per_channel_masks(tiny):
+    rng = np.random.RandomState(1)
+    X = rng.rand(32, 3 * 6 * 6).astype(np.float32)
+    y = np.repeat(["cat", "dog"], 16)
+    cim = CIMTransformer(**tiny, per_channel_mask=True).fit(X, y)
+    assert cim.image_shape_ == (3, 6, 6)
+    assert list(cim.classes_) == ["cat", "dog"]
+    m = cim.masks(X.reshape(32, 3, 6, 6))
+    assert m.shape == (32, 3, 6, 6)
+    assert not np.allclose(m[:, 0], m[:, 1])  # channels get their own masks
+
+
+def test_history_records_each_term_per_epoch(images, tiny):
+    X, y = images
+    cim = CIMTransformer(**{**tiny, "max_epochs": 3, "mask_weight": 0.1}).fit(X, y)
+    hist = cim.history_
+    assert len(hist) == 3
+    for key in ("train_loss", "train_ce", "train_triplet", "train_mask"):
+        values = hist[:, key]
+        assert len(values) == 3 and all(np.isfinite(values))
+    expected = (np.array(hist[:, "train_ce"]) + np.array(hist[:, "train_triplet"])
+                + 0.1 * np.array(hist[:, "train_mask"]))
+    np.testing.assert_allclose(hist[:, "train_loss"], expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("distance", ["l2", "ssim", "lpips-alex"])
+@pytest.mark.parametrize("mining, pair_transform", [("random", False), ("hard", True)])
+def test_triplet_term_is_optimised(images, tiny, distance, mining, pair_transform):
+    X, y = images
+    params = {**tiny, "distance": distance, "pretrained": False, "classifier_weight": 0.0,
+              "max_epochs": 8, "lr": 3e-3, "batch_size": 40, "margin": 0.5,
+              "mining": mining, "pair_transform": pair_transform}
+    cim = CIMTransformer(**params).fit(X, y)
+    losses = cim.history_[:, "train_triplet"]
+    assert losses[-1] < losses[0]
+
+
+def test_classifier_head_learns(images, tiny):
+    X, y = images
+    cim = CIMTransformer(**{**tiny, "max_epochs": 15, "lr": 1e-2}).fit(X, y)
+    ce = cim.history_[:, "train_ce"]
+    assert ce[-1] < 0.5 * ce[0]
+
+
+def test_random_state_gives_bitwise_equal_transforms(images, tiny):
+    X, y = images
+    state = torch.random.get_rng_state()
+    a = CIMTransformer(**tiny).fit(X, y).transform(X)
+    b = CIMTransformer(**tiny).fit(X, y).transform(X)
+    c = CIMTransformer(**{**tiny, "random_state": 1}).fit(X, y).transform(X)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert torch.equal(state, torch.random.get_rng_state())  # fit leaves torch's RNG alone
+
+
+def test_transform_in_chunks_equals_one_pass(images, tiny, monkeypatch):
+    X, y = images
+    cim = CIMTransformer(**tiny).fit(X, y)
+    whole = cim.transform(X)
+    monkeypatch.setattr(cim_module, "_TRANSFORM_BUDGET", 7 * 64 * tiny["tn_width"])
+    np.testing.assert_array_equal(cim.transform(X), whole)
+
+
+def test_pandas_in_and_out(images, tiny):
+    X, y = images
+    df = pd.DataFrame(X.reshape(40, -1), columns=[f"px{i}" for i in range(64)])
+    cim = CIMTransformer(**tiny).set_output(transform="pandas").fit(df, y)
+    out = cim.transform(df)
+    assert isinstance(out, pd.DataFrame)
+    assert list(out.columns) == list(df.columns)
+    assert list(cim.get_feature_names_out()) == list(df.columns)
+
+
+def test_read_only_memmap(images, tiny, tmp_path):
+    X, y = images
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    Xm = np.load(path, mmap_mode="r")
+    psi = CIMTransformer(**tiny).fit(Xm, y).transform(Xm)
+    assert psi.shape == X.shape
+
+
+def test_verbose_levels(images, tiny, capsys):
+    X, y = images
+    CIMTransformer(**tiny).fit(X, y)
+    assert capsys.readouterr().out == ""
+    CIMTransformer(**{**tiny, "verbose": 1}).fit(X, y)
+    out = capsys.readouterr().out
+    assert "train_triplet" in out and "train_loss" in out
+
+
+def test_joblib_round_trip_and_no_lpips_in_pickle(images, tiny, tmp_path):
+    X, y = images
+    X3 = np.repeat(X, 3, axis=1)
+    cim = CIMTransformer(**{**tiny, "distance": "lpips-alex", "pretrained": False}).fit(X3, y)
+    assert cim.net_.metric is not None  # built during fit
+    path = tmp_path / "cim.joblib"
+    joblib.dump(cim, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.transform(X3), cim.transform(X3))
+    assert getattr(loaded.net_, "metric", None) is None
+    trunk_bytes = sum(p.numel() * 4 for p in cim.net_.metric.model.parameters())
+    assert path.stat().st_size < trunk_bytes / 4
+
+
+def test_cuda_fitted_model_loads_on_cpu(images, tiny, monkeypatch):
+    """Simulate a model pickled on a CUDA machine and loaded on a CPU-only one."""
+    X, y = images
+    cim = CIMTransformer(**tiny).fit(X, y)
+    expected = cim.transform(X)
+    cim.net_.device = "cuda"  # what a CUDA fit records
+    buffer = io.BytesIO()
+    pickle.dump(cim, buffer)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    buffer.seek(0)
+    with pytest.warns(UserWarning, match="no CUDA devices"):
+        loaded = pickle.load(buffer)
+    assert loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.transform(X), expected)
+
+
+def test_random_mining_picks_valid_pairs():
+    y = torch.tensor([0, 0, 1, 1, 1, 2])
+    g = torch.Generator().manual_seed(0)
+    pos, neg, valid = mine_triplets(y, "random", generator=g)
+    assert valid.tolist() == [True] * 5 + [False]  # class 2 has no positive
+    for i in range(5):
+        assert pos[i] != i and y[pos[i]] == y[i] and y[neg[i]] != y[i]
+
+
+def test_hard_mining_picks_farthest_positive_nearest_negative():
+    y = torch.tensor([0, 0, 0, 1, 1])
+    d = torch.tensor([
+        [0.0, 1.0, 3.0, 2.0, 0.5],
+        [1.0, 0.0, 2.0, 0.7, 4.0],
+        [3.0, 2.0, 0.0, 5.0, 6.0],
+        [2.0, 0.7, 5.0, 0.0, 1.0],
+        [0.5, 4.0, 6.0, 1.0, 0.0],
+    ])
+    pos, neg, valid = mine_triplets(y, "hard", pairwise=d)
+    assert pos.tolist() == [2, 2, 0, 4, 3]
+    assert neg.tolist() == [4, 3, 3, 1, 0]
+    assert valid.all()
+
+
+def test_triplet_loss_ignores_invalid_anchors_and_keeps_margin():
+    d_pos = torch.tensor([0.0, 0.0, 5.0])
+    d_neg = torch.tensor([0.0, 1.0, 0.0])
+    valid = torch.tensor([True, True, False])
+    # Anchor 0: all distances 0 (e.g. every image shrunk to black) still costs the margin.
+    assert triplet_loss(d_pos, d_neg, 0.3, valid).item() == pytest.approx(0.15)

@@ -1,0 +1,146 @@
+"""Distances: agreement with references, pairwise consistency, LPIPS hygiene."""
+
+import warnings
+
+import lpips
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from sklearn_cim import CIMTransformer
+from sklearn_cim._distances import (
+    L2Distance, LPIPSDistance, SSIMDistance, load_lpips, make_distance,
+)
+
+
+def _images(n=6, c=3, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, c, size, size, generator=g)
+
+
+@pytest.mark.parametrize("trunk", ["alex", "squeeze", "vgg"])
+def test_lpips_between_matches_lpips_forward(trunk):
+    torch.manual_seed(0)
+    dist = LPIPSDistance(trunk, pretrained=False)
+    a, b = _images(seed=1), _images(seed=2)
+    reference = dist.model(a, b, normalize=True).reshape(-1)
+    assert torch.allclose(dist(a, b), reference, rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_pairwise_matches_between():
+    torch.manual_seed(0)
+    dist = LPIPSDistance("alex", pretrained=False)
+    x = _images(n=5, seed=3)
+    emb = dist.embed(x)
+    full = dist.pairwise(emb)
+    rows, cols = torch.meshgrid(torch.arange(5), torch.arange(5), indexing="ij")
+    direct = dist.between(dist.take(emb, rows.reshape(-1)), dist.take(emb, cols.reshape(-1)))
+    assert torch.allclose(full, direct.reshape(5, 5), atol=1e-5)
+    assert torch.allclose(torch.diagonal(full), torch.zeros(5), atol=1e-5)
+
+
+def test_lpips_grayscale_small_images_are_upsampled():
+    torch.manual_seed(0)
+    dist = LPIPSDistance("alex", pretrained=False)
+    gray = torch.rand(4, 1, 28, 28)
+    d = dist(gray, gray.flip(0))
+    # Equal to LPIPS on the 3-channel, 32 px version of the same images.
+    up = torch.nn.functional.interpolate(gray.expand(-1, 3, -1, -1), size=(32, 32),
+                                         mode="bilinear", align_corners=False)
+    reference = dist.model(up, up.flip(0), normalize=True).reshape(-1)
+    assert d.shape == (4,)
+    assert torch.allclose(d, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_lpips_is_frozen_eval_and_dropout_free():
+    model = load_lpips("alex", pretrained=False)
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+def test_lpips_stays_out_of_the_optimizer_and_train_mode(images, tiny):
+    X, y = images
+    X3 = np.repeat(X, 3, axis=1)
+    tiny.update(distance="lpips-alex", pretrained=False, max_epochs=2)
+    cim = CIMTransformer(**tiny).fit(X3, y)
+    net = cim.net_
+    optimised = {id(p) for group in net.optimizer_.param_groups for p in group["params"]}
+    lpips_params = {id(p) for p in net.metric.model.parameters()}
+    assert optimised and not optimised & lpips_params
+    assert not net.metric.model.training
+    assert "metric" not in net._modules + net._criteria
+
+
+def test_pretrained_unavailable_error_names_cache_and_fix(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(RuntimeError) as info:
+        load_lpips("alex", pretrained=True)
+    message = str(info.value)
+    assert "pretrained=False" in message
+    assert "alexnet-" in message and str(tmp_path) in message
+
+
+def test_no_prints_or_pretrained_warnings_from_lpips(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_distance("lpips-squeeze", pretrained=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_ssim_matches_scikit_image():
+    a, b = _images(n=3, seed=4), _images(n=3, seed=5)
+    b = 0.5 * a + 0.5 * b  # correlated pairs: SSIM well away from 0
+    ours = SSIMDistance()(a, b)
+    for i in range(3):
+        ref = structural_similarity(
+            a[i].numpy(), b[i].numpy(), channel_axis=0, data_range=1.0,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert ours[i].item() == pytest.approx(1.0 - ref, abs=1e-5)
+
+
+def test_ssim_identical_is_zero_and_pairwise_consistent():
+    dist = SSIMDistance()
+    x = _images(n=4, c=1, size=8, seed=6)  # smaller than the window: upsampled
+    assert torch.allclose(dist(x, x), torch.zeros(4), atol=1e-6)
+    emb = dist.embed(x)
+    full = dist.pairwise(emb)
+    assert full.shape == (4, 4)
+    assert full[0, 1].item() == pytest.approx(dist(x[:1], x[1:2]).item(), abs=1e-6)
+
+
+def test_l2_is_rms_difference_and_pairwise_consistent():
+    dist = L2Distance()
+    a, b = _images(n=4, seed=7), _images(n=4, seed=8)
+    expected = ((a - b) ** 2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(dist(a, b), expected, atol=1e-5)
+    full = dist.pairwise(dist.embed(a))
+    assert full[1, 2].item() == pytest.approx(dist(a[1:2], a[2:3]).item(), abs=1e-4)
+
+
+def test_callable_distance_used_and_checked(images, tiny):
+    X, y = images
+    calls = []
+
+    def l1(a, b):
+        calls.append(a.shape)
+        return (a - b).abs().flatten(1).mean(1)
+
+    CIMTransformer(**{**tiny, "distance": l1}).fit(X, y)
+    assert calls and calls[0][1:] == (1, 8, 8)
+
+    def bad(a, b):
+        return (a - b).abs()
+
+    with pytest.raises(ValueError, match=r"shape \(n_samples,\)"):
+        CIMTransformer(**{**tiny, "distance": bad}).fit(X, y)
+
+
+def test_unknown_distance_name():
+    with pytest.raises(ValueError, match="choose one of"):
+        make_distance("lpips-resnet")

@@ -1,0 +1,118 @@
+"""Input validation: image shapes, value ranges, labels, parameters."""
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from sklearn_cim import CIMTransformer
+from sklearn_cim._validation import resolve_image_shape
+
+
+@pytest.mark.parametrize("n_features, expected", [
+    (64, (1, 8, 8)), (784, (1, 28, 28)), (3 * 32 * 32, (3, 32, 32)), (1, (1, 1, 1)),
+])
+def test_infers_square_grayscale_and_rgb(n_features, expected):
+    assert resolve_image_shape(None, n_features) == expected
+
+
+@pytest.mark.parametrize("n_features", [10, 2 * 16 * 16, 3 * 16 * 20])
+def test_ambiguous_shape_asks_for_image_shape(n_features):
+    with pytest.raises(ValueError, match=r"Pass image_shape=\(C, H, W\)"):
+        resolve_image_shape(None, n_features)
+
+
+@pytest.mark.parametrize("image_shape, n_features, expected", [
+    ((28, 28), 784, (1, 28, 28)),
+    ((3, -1, 8), 96, (3, 4, 8)),
+    ((1, 1, -1), 5, (1, 1, 5)),
+])
+def test_explicit_shapes(image_shape, n_features, expected):
+    assert resolve_image_shape(image_shape, n_features) == expected
+
+
+@pytest.mark.parametrize("image_shape, n_features, error, match", [
+    ((1, 8, 8), 65, ValueError, "gives C\\*H\\*W=64 but X has 65"),
+    ((1.5, 8, 8), 64, TypeError, "must hold integers"),
+    ((0, 8, 8), 64, ValueError, "must be positive"),
+    ((-1, -1, 8), 64, ValueError, "at most one -1"),
+    ((3, -1, 5), 64, ValueError, "does not divide"),
+    ((8,), 8, ValueError, r"\(C, H, W\) or \(H, W\)"),
+])
+def test_bad_image_shapes(image_shape, n_features, error, match):
+    with pytest.raises(error, match=match):
+        resolve_image_shape(image_shape, n_features)
+
+
+def _fit(X, y, tiny, **params):
+    return CIMTransformer(**{**tiny, **params}).fit(X, y)
+
+
+def test_bad_inputs_get_clear_errors(images, tiny):
+    X, y = images
+    X2 = X.reshape(len(X), -1)
+    cases = [
+        (X[:, 0, 0, 0], y, {}, "Expected 2D array"),
+        (X[:, 0], y, {}, "must be 2-D .* or 4-D"),
+        (np.where(np.arange(X2.size).reshape(X2.shape) == 3, np.nan, X2), y, {}, "NaN"),
+        (np.where(np.arange(X2.size).reshape(X2.shape) == 3, np.inf, X2), y, {}, "infinity"),
+        (X2, y, {"image_shape": (1, 7, 7)}, "C\\*H\\*W=49 but X has 64"),
+        (X2 * 2, y, {}, "outside data_range"),
+        (X2 - 0.5, y, {}, "outside data_range"),
+        ((X2 * 300).astype(np.int64), y, {}, r"8-bit pixels in \[0, 255\]"),
+        (X2, np.zeros(40), {}, "1 class"),
+        (X2[:21], y[:21], {}, "at least 2 samples of every class"),
+        (X2, y[:30], {}, "inconsistent numbers of samples"),
+        (X2, y, {"margin": -0.1}, "margin must be >= 0"),
+        (X2, y, {"triplet_weight": -1.0}, "triplet_weight must be >= 0"),
+        (X2, y, {"distance": "cosine"}, "distance='cosine' is not supported"),
+        (X2, y, {"mining": "semi-hard"}, "mining='semi-hard' is not supported"),
+        (X2, y, {"batch_size": 1}, "batch_size must be >= 2"),
+        (X2, y, {"device": "tpu"}, "device='tpu'"),
+        (X2, y, {"data_range": (1.0, 0.0)}, "low < high"),
+        (X2, y, {"distance": "ssim", "data_range": None}, "needs images in a known range"),
+        (X2, y, {"classifier_weight": 0.0, "triplet_weight": 0.0}, "both 0"),
+        (np.repeat(X2, 2, axis=1), y, {"image_shape": (2, 8, 8), "distance": "lpips-alex",
+                                       "pretrained": False}, "grayscale or RGB"),
+    ]
+    for Xb, yb, params, match in cases:
+        with pytest.raises(ValueError, match=match):
+            _fit(Xb, yb, tiny, **params)
+
+
+def test_single_sample_class_is_fine_without_triplets(images, tiny):
+    X, y = images
+    X, y = X[:21], y[:21]
+    cim = _fit(X, y, tiny, triplet_weight=0.0)
+    assert cim.transform(X).shape == X.shape
+
+
+def test_transform_errors(images, tiny):
+    X, y = images
+    with pytest.raises(NotFittedError):
+        CIMTransformer(**tiny).transform(X)
+    cim = _fit(X, y, tiny)
+    X2 = X.reshape(len(X), -1)
+    with pytest.raises(ValueError, match="X has 63 features, but CIMTransformer is expecting 64"):
+        cim.transform(X2[:, :63])
+    with pytest.raises(ValueError, match="fitted on images of shape"):
+        cim.transform(X.reshape(40, 1, 4, 16))
+    with pytest.raises(ValueError, match="outside data_range"):
+        cim.transform(X2 + 1.0)
+
+
+def test_uint8_and_float_inputs_agree(images, tiny):
+    X, y = images
+    X8 = np.round(X * 255).astype(np.uint8)
+    cim = _fit(X8, y, tiny)
+    psi8 = cim.transform(X8)
+    psif = cim.transform(X8.astype(np.float32) / 255)
+    assert psi8.dtype == np.float32 and psi8.max() > 1.0  # 0-255 units kept
+    np.testing.assert_allclose(psi8 / 255, psif, atol=1e-5)
+
+
+def test_data_range_other_than_unit(images, tiny):
+    X, y = images
+    Xs = X * 2 - 1  # in [-1, 1]
+    cim = _fit(Xs, y, tiny, data_range=(-1.0, 1.0))
+    psi, m = cim.transform(Xs), cim.masks(Xs)
+    np.testing.assert_allclose(psi, -1 + m * (Xs + 1), atol=1e-5)
