@@ -69,6 +69,12 @@ class CIMNet(TorchNet):
 
     transient_attributes = TorchNet.transient_attributes + ("metric",)
 
+    def initialize(self):
+        super().initialize()
+        if self.objective.triplet_weight > 0:
+            self.get_metric()  # fail before training if the trunk is unavailable
+        return self
+
     def get_metric(self):
         if getattr(self, "metric", None) is None:
             self.metric = make_distance(

@@ -167,6 +167,10 @@ class CallableDistance(Distance):
         return out
 
 
+class TrunkWeightsUnavailableError(RuntimeError):
+    """The pretrained ImageNet trunk of an LPIPS distance could not be obtained."""
+
+
 def _trunk_weight_file(trunk):
     import torchvision.models as tvm
 
@@ -197,7 +201,7 @@ def load_lpips(trunk, pretrained):
         except Exception as exc:  # network, file or hash errors from torch.hub
             if not pretrained:
                 raise
-            raise RuntimeError(
+            raise TrunkWeightsUnavailableError(
                 f"Could not obtain the pretrained ImageNet '{trunk}' trunk that LPIPS "
                 f"needs ({type(exc).__name__}: {exc}). Torchvision looks for "
                 f"'{_trunk_weight_file(trunk)}' in the torch hub cache "

@@ -10,7 +10,8 @@ from skimage.metrics import structural_similarity
 
 from sklearn_cim import CIMTransformer
 from sklearn_cim._distances import (
-    L2Distance, LPIPSDistance, SSIMDistance, load_lpips, make_distance,
+    L2Distance, LPIPSDistance, SSIMDistance, TrunkWeightsUnavailableError, load_lpips,
+    make_distance,
 )
 
 
@@ -79,7 +80,7 @@ def test_pretrained_unavailable_error_names_cache_and_fix(monkeypatch, tmp_path)
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(TrunkWeightsUnavailableError) as info:
         load_lpips("alex", pretrained=True)
     message = str(info.value)
     assert "pretrained=False" in message
