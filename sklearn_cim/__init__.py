@@ -1,7 +1,8 @@
 """sklearn_cim: Contrastive Input Morphing for scikit-learn."""
 
 from ._cim import CIMTransformer
+from ._distances import TrunkWeightsUnavailableError
 from ._show_versions import show_versions
 from ._version import __version__
 
-__all__ = ["CIMTransformer", "show_versions", "__version__"]
+__all__ = ["CIMTransformer", "TrunkWeightsUnavailableError", "show_versions", "__version__"]
