@@ -4,5 +4,9 @@ from ._cim import CIMTransformer
 from ._distances import TrunkWeightsUnavailableError
 from ._show_versions import show_versions
 from ._version import __version__
+from ._vib import VIBClassifier
 
-__all__ = ["CIMTransformer", "TrunkWeightsUnavailableError", "show_versions", "__version__"]
+__all__ = [
+    "CIMTransformer", "TrunkWeightsUnavailableError", "VIBClassifier", "show_versions",
+    "__version__",
+]

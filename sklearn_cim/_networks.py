@@ -105,3 +105,21 @@ class ConvClassifier(nn.Module):
 
     def forward(self, x):
         return self.linear(self.encoder(x))
+
+
+class MLPEncoder(nn.Sequential):
+    """Fully connected ReLU layers on flat features ``(N, F)``.
+
+    Unlike the modules above it reads plain feature vectors, not images.
+    ``hidden_layer_sizes=()`` gives the identity; ``out_features`` is the width
+    of the last layer (``in_features`` when there is none).
+    """
+
+    def __init__(self, in_features, hidden_layer_sizes=(1024, 1024)):
+        layers = []
+        width = in_features
+        for size in hidden_layer_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+            width = size
+        super().__init__(*layers)
+        self.out_features = width
