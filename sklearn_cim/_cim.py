@@ -17,6 +17,7 @@ from ._training import (
     resolve_device,
 )
 from ._triplet import MININGS, mine_triplets, triplet_loss
+from ._vib import VIBModule, gaussian_kl
 from ._validation import (
     check_choice, check_data_range, check_number, encode_labels, validate_images,
     value_scale,
@@ -26,14 +27,27 @@ from ._validation import (
 _TRANSFORM_BUDGET = 2 ** 25
 
 
-class CIMModule(nn.Module):
-    """Mask net and auxiliary classifier head: ``x -> (m, psi(x), logits)``."""
+HEADS = ("cnn", "vib")
 
-    def __init__(self, in_channels, n_classes, tn_width=16, tn_depth=2,
-                 per_channel_mask=False, head_width=32):
+
+class CIMModule(nn.Module):
+    """Mask net and auxiliary head: ``x -> (m, psi(x), head(psi(x)))``.
+
+    ``head="cnn"``: a :class:`ConvClassifier` giving logits. ``head="vib"``: a
+    :class:`VIBModule` on images (its conv encoder, latent size
+    ``2 * head_width``) giving ``(mu, sigma)`` of p(z|psi(x)).
+    """
+
+    def __init__(self, image_shape, n_classes, tn_width=16, tn_depth=2,
+                 per_channel_mask=False, head="cnn", head_width=32):
         super().__init__()
+        in_channels = image_shape[0]
         self.mask_net = MaskNet(in_channels, tn_width, tn_depth, per_channel_mask)
-        self.head = ConvClassifier(in_channels, n_classes, head_width)
+        if head == "vib":
+            self.head = VIBModule(image_shape, n_classes, latent_dim=2 * head_width,
+                                  hidden_layer_sizes=(), conv_width=head_width)
+        else:
+            self.head = ConvClassifier(in_channels, n_classes, head_width)
 
     def forward(self, x):
         mask = self.mask_net(x)
@@ -53,6 +67,8 @@ class CIMObjective:
     mask_weight: float = 0.0
     distance: Any = "lpips-alex"
     pretrained: bool = True
+    head: str = "cnn"
+    head_beta: float = 1e-3
 
 
 class CIMNet(TorchNet):
@@ -85,6 +101,11 @@ class CIMNet(TorchNet):
         mask, psi, logits = y_pred
         obj = self.objective
         terms = {}
+        if obj.head == "vib":
+            mu, sigma = logits
+            logits = self.module_.head.sample_logits(mu, sigma, self.generator)[0]
+            if obj.classifier_weight > 0:
+                terms["kl"] = (obj.classifier_weight * obj.head_beta, gaussian_kl(mu, sigma))
         if obj.classifier_weight > 0:
             terms["ce"] = (obj.classifier_weight, self.criterion_(logits, y_true))
         if obj.triplet_weight > 0:
@@ -170,8 +191,16 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     tn_width, tn_depth : int, default=16, 2
         Width (first-stage channels) and number of down-sampling stages of the
         U-Net transformation network.
+    head : {"cnn", "vib"}, default="cnn"
+        The auxiliary head on psi(x): a small CNN classifier, or a variational
+        information bottleneck (CIM+VIB): a conv encoder to a Gaussian latent of
+        size ``2 * head_width`` and a linear decoder, trained with
+        ``CE + head_beta * KL`` (the KL term is weighted by
+        ``classifier_weight * head_beta``).
     head_width : int, default=32
-        Width of the auxiliary CNN classifier head.
+        Width of the auxiliary head's conv layers.
+    head_beta : float, default=1e-3
+        Weight of the KL (rate) term of the ``"vib"`` head.
     data_range : (float, float) or None, default=(0.0, 1.0)
         Value range of float X; values outside raise. Integer X is always read
         as 8-bit pixels in [0, 255]. ``None`` takes floats as they are (only
@@ -211,7 +240,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         machine without CUDA).
     history_ : skorch History
         Per-epoch ``train_loss``, ``train_ce``, ``train_triplet`` (and
-        ``train_mask``), all unweighted except ``train_loss``.
+        ``train_mask``, and ``train_kl`` for the ``"vib"`` head), all
+        unweighted except ``train_loss``.
 
     Examples
     --------
@@ -243,7 +273,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         per_channel_mask=False,
         tn_width=16,
         tn_depth=2,
+        head="cnn",
         head_width=32,
+        head_beta=1e-3,
         data_range=(0.0, 1.0),
         max_epochs=10,
         batch_size=128,
@@ -265,7 +297,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.per_channel_mask = per_channel_mask
         self.tn_width = tn_width
         self.tn_depth = tn_depth
+        self.head = head
         self.head_width = head_width
+        self.head_beta = head_beta
         self.data_range = data_range
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -354,7 +388,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if not callable(self.distance):
             check_choice("distance", self.distance, DISTANCES)
         check_choice("mining", self.mining, MININGS)
-        for name in ("classifier_weight", "triplet_weight", "mask_weight", "margin"):
+        check_choice("head", self.head, HEADS)
+        for name in ("classifier_weight", "triplet_weight", "mask_weight", "margin",
+                     "head_beta"):
             check_number(name, getattr(self, name), low=0)
         if self.classifier_weight == 0 and self.triplet_weight == 0:
             raise ValueError(
@@ -392,14 +428,17 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             mask_weight=float(self.mask_weight),
             distance=self.distance,
             pretrained=bool(self.pretrained),
+            head=self.head,
+            head_beta=float(self.head_beta),
         )
         net = CIMNet(
             CIMModule,
-            module__in_channels=self.image_shape_[0],
+            module__image_shape=self.image_shape_,
             module__n_classes=len(self.classes_),
             module__tn_width=self.tn_width,
             module__tn_depth=self.tn_depth,
             module__per_channel_mask=bool(self.per_channel_mask),
+            module__head=self.head,
             module__head_width=self.head_width,
             criterion=nn.CrossEntropyLoss,
             optimizer=torch.optim.Adam,

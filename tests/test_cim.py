@@ -181,3 +181,36 @@ def test_triplet_loss_ignores_invalid_anchors_and_keeps_margin():
     valid = torch.tensor([True, True, False])
     # Anchor 0: all distances 0 (e.g. every image shrunk to black) still costs the margin.
     assert triplet_loss(d_pos, d_neg, 0.3, valid).item() == pytest.approx(0.15)
+
+
+def test_joint_cim_vib_head_trains_and_records_kl(images, tiny):
+    X, y = images
+    params = {**tiny, "head": "vib", "max_epochs": 6, "lr": 1e-2}
+    low = CIMTransformer(**params, head_beta=1e-4).fit(X, y)
+    high = CIMTransformer(**params, head_beta=1.0).fit(X, y)
+    for cim in (low, high):
+        kl, ce = cim.history_[:, "train_kl"], cim.history_[:, "train_ce"]
+        assert len(kl) == 6 and all(np.isfinite(kl))
+        assert ce[-1] < ce[0]
+        assert cim.transform(X).shape == X.shape
+    # A heavier rate penalty leaves less information in the latent code.
+    assert high.history_[-1, "train_kl"] < low.history_[-1, "train_kl"]
+    expected = (np.array(high.history_[:, "train_ce"]) + np.array(high.history_[:, "train_triplet"])
+                + 1.0 * np.array(high.history_[:, "train_kl"]))
+    np.testing.assert_allclose(high.history_[:, "train_loss"], expected, rtol=1e-4)
+
+
+def test_user_callbacks_are_called(images, tiny):
+    from skorch.callbacks import Callback
+
+    class CountEpochs(Callback):
+        def initialize(self):
+            self.epochs = 0
+            return self
+
+        def on_epoch_end(self, net, **kwargs):
+            self.epochs += 1
+
+    counter = CountEpochs()
+    cim = CIMTransformer(**{**tiny, "max_epochs": 3, "callbacks": [counter]}).fit(*images)
+    assert counter.epochs == 3 and len(cim.history_) == 3
