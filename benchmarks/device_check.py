@@ -1,0 +1,170 @@
+"""GPU device check: the CUDA code paths of CIMTransformer and VIBClassifier.
+
+Run on a machine with a GPU (CI has none)::
+
+    python benchmarks/device_check.py --out results.jsonl
+
+Prints (and appends to ``--out``) one JSON line per check:
+
+* ``cim_fit``: ``device="auto"`` picks CUDA; fit + transform on coloured digits,
+  accuracy of CIM -> LogisticRegression in distribution and OOD;
+* ``cim_cuda_to_cpu``: a CUDA-fitted pickle loads in a process that sees no GPU
+  and gives the same transform (max abs difference);
+* ``cim_gpu_repeat``: two fits with the same ``random_state`` on CUDA (max abs
+  difference of their transforms: cuDNN need not be bitwise deterministic);
+* ``cim_fit_throughput``: samples/s of ``fit`` (one timed epoch after a warm-up
+  epoch) and of ``transform`` at 32/64/128/224 px, batch 256;
+* ``vib_*``: the same for VIBClassifier, when it is installed.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+import sklearn_cim
+from sklearn_cim import CIMTransformer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def emit(out, record):
+    line = json.dumps(record)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def load_example():
+    path = os.path.join(HERE, "..", "examples", "colored_background.py")
+    spec = importlib.util.spec_from_file_location("colored_background", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def coloured_digits(seed=0):
+    ex = load_example()
+    rng = np.random.RandomState(seed)
+    grey, y = ex.load_digits_32()
+    idx = rng.permutation(len(y))
+    tr, te = idx[:1400], idx[1400:]
+    X_tr = ex.colourise(grey[tr], y[tr], 0.95, rng)
+    X_id = ex.colourise(grey[te], y[te], 0.95, rng)
+    X_ood = ex.colourise(grey[te], y[te], 0.0, rng)
+    return X_tr, y[tr], X_id, X_ood, y[te]
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+CPU_LOAD = r"""
+import pickle, sys, numpy as np, torch
+assert not torch.cuda.is_available()
+est = pickle.load(open(sys.argv[1], "rb"))
+X = np.load(sys.argv[2])
+out = est.transform(X) if hasattr(est, "transform") else None
+np.save(sys.argv[3], out)
+print(est.device_)
+"""
+
+
+def cuda_to_cpu(est, X, tmp, name):
+    pkl, xin, xout = (os.path.join(tmp, f"{name}.{ext}") for ext in ("pkl", "x.npy", "out.npy"))
+    with open(pkl, "wb") as f:
+        pickle.dump(est, f)
+    np.save(xin, X)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", CPU_LOAD, pkl, xin, xout], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        return {"ok": False, "stderr": proc.stderr[-2000:]}
+    cpu_out = np.load(xout)
+    return {"ok": True, "device_after_load": proc.stdout.strip().splitlines()[-1],
+            "pickle_bytes": os.path.getsize(pkl),
+            "max_abs_diff_vs_cuda": float(np.abs(cpu_out - est.transform(X)).max())}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--tmp", default="/tmp/sklearn_cim_device_check")
+    parser.add_argument("--sizes", default="32,64,128,224")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, tiny data")
+    args = parser.parse_args()
+    os.makedirs(args.tmp, exist_ok=True)
+    emit(args.out, {"check": "versions", **{k: str(v) for k, v in sklearn_cim._show_versions
+                                             .versions().items()}})
+
+    X_tr, y_tr, X_id, X_ood, y_te = coloured_digits()
+    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+    params = dict(distance="lpips-alex", pretrained=False, max_epochs=1 if args.quick else 10,
+                  batch_size=256, random_state=0)
+    t0 = time.time()
+    cim = CIMTransformer(**params).fit(X_tr, y_tr)
+    sync()
+    fit_s = time.time() - t0
+    clf = LogisticRegression(max_iter=1000).fit(flat(cim.transform(X_tr)), y_tr)
+    erm = LogisticRegression(max_iter=1000).fit(flat(X_tr), y_tr)
+    emit(args.out, {
+        "check": "cim_fit", "device_": cim.device_, "fit_seconds": round(fit_s, 2),
+        "history_last": {k: cim.history_[-1, k] for k in ("train_loss", "train_ce",
+                                                            "train_triplet")},
+        "mask_range": [float(cim.masks(X_id).min()), float(cim.masks(X_id).max())],
+        "acc_cim_lr_id": clf.score(flat(cim.transform(X_id)), y_te),
+        "acc_cim_lr_ood": clf.score(flat(cim.transform(X_ood)), y_te),
+        "acc_erm_id": erm.score(flat(X_id), y_te), "acc_erm_ood": erm.score(flat(X_ood), y_te),
+    })
+    emit(args.out, {"check": "cim_cuda_to_cpu", **cuda_to_cpu(cim, X_id, args.tmp, "cim")})
+    again = CIMTransformer(**params).fit(X_tr, y_tr)
+    emit(args.out, {"check": "cim_gpu_repeat", "max_abs_diff": float(
+        np.abs(again.transform(X_id) - cim.transform(X_id)).max())})
+
+    rng = np.random.RandomState(0)
+    for size in [int(s) for s in args.sizes.split(",")]:
+        n = 512 if args.quick else (4096 if size <= 64 else 2048)
+        X = (rng.rand(n, 3, size, size) * 255).astype(np.uint8)
+        y = rng.randint(0, 10, n)
+        est = CIMTransformer(**{**params, "max_epochs": 1}).fit(X[:512], y[:512])  # warm-up
+        est = CIMTransformer(**{**params, "max_epochs": 2})
+        t0 = time.time()
+        est.fit(X, y)
+        sync()
+        fit_s = time.time() - t0
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        t0 = time.time()
+        est.transform(X)
+        tr_s = time.time() - t0
+        emit(args.out, {"check": "cim_fit_throughput", "px": size, "n": n, "epochs": 2,
+                        "fit_samples_per_s": round(2 * n / fit_s, 1),
+                        "transform_samples_per_s": round(n / tr_s, 1),
+                        "peak_cuda_bytes": peak, "device": est.device_})
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    VIB = getattr(sklearn_cim, "VIBClassifier", None)
+    if VIB is not None:
+        vib = VIB(random_state=0).fit(flat(X_tr), y_tr)
+        p1, p2 = vib.predict_proba(flat(X_id)), vib.predict_proba(flat(X_id))
+        emit(args.out, {"check": "vib_fit", "device_": vib.device_,
+                        "acc_id": vib.score(flat(X_id), y_te),
+                        "acc_ood": vib.score(flat(X_ood), y_te),
+                        "predict_proba_repeat_max_diff": float(np.abs(p1 - p2).max()),
+                        "history_keys": sorted(k for k in vib.history_[-1] if "train" in k)})
+        emit(args.out, {"check": "vib_cuda_to_cpu", **cuda_to_cpu(vib, flat(X_id), args.tmp,
+                                                                   "vib")})
+
+
+if __name__ == "__main__":
+    main()
