@@ -6,22 +6,22 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._distances import DISTANCES, LPIPS_TRUNKS, make_distance
 from ._networks import ConvClassifier, MaskNet
-from ._training import (
-    TorchNet, as_device_tensor, batched_apply, default_callbacks, fit_net,
-    resolve_device,
-)
+from ._training import TorchEstimatorMixin, TorchNet, batched_apply, resolve_device
 from ._triplet import MININGS, mine_triplets, triplet_loss
-from ._vib import VIBModule, gaussian_kl
 from ._validation import (
-    check_choice, check_data_range, check_number, encode_labels, validate_images,
+    check_choice,
+    check_data_range,
+    check_number,
+    encode_labels,
+    validate_images,
     value_scale,
 )
+from ._vib import VIBModule, gaussian_kl
 
 # Activation budget (elements) of one transform chunk: chunk * H * W * tn_width.
 _TRANSFORM_BUDGET = 2 ** 25
@@ -137,7 +137,8 @@ class CIMNet(TorchNet):
         return triplet_loss(d_pos, d_neg, obj.margin, valid)
 
 
-class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin,
+                     BaseEstimator):
     """Contrastive Input Morphing (Taghanaki et al., ICML 2021).
 
     ``fit`` trains a transformation network that maps each image ``x`` to a
@@ -366,14 +367,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """
         return self._apply(X, "mask")
 
-    @property
-    def history_(self):
-        return self.net_.history_
-
-    @property
-    def device_(self):
-        return str(self.net_.device)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
@@ -417,8 +410,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             )
 
     def _fit(self, X, y, units):
-        device = resolve_device(self.device)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         objective = CIMObjective(
             classifier_weight=float(self.classifier_weight),
             triplet_weight=float(self.triplet_weight),
@@ -431,8 +422,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             head=self.head,
             head_beta=float(self.head_beta),
         )
-        net = CIMNet(
-            CIMModule,
+        self._train_net(
+            CIMNet, X, y, pixels=True,
+            module=CIMModule,
             module__image_shape=self.image_shape_,
             module__n_classes=len(self.classes_),
             module__tn_width=self.tn_width,
@@ -440,22 +432,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             module__per_channel_mask=bool(self.per_channel_mask),
             module__head=self.head,
             module__head_width=self.head_width,
-            criterion=nn.CrossEntropyLoss,
-            optimizer=torch.optim.Adam,
-            lr=self.lr,
-            max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
-            device=device,
-            verbose=self.verbose,
-            callbacks=default_callbacks(self.verbose, self.callbacks),
             objective=objective,
             image_shape=self.image_shape_,
             units=units,
-            seed=seed,
         )
-        X_t = as_device_tensor(X, device)
-        y_t = torch.as_tensor(y, device=device)
-        self.net_ = fit_net(net, X_t, y_t, seed)
 
     def _apply(self, X, what):
         check_is_fitted(self)

@@ -18,8 +18,10 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.utils import check_random_state
 from skorch import NeuralNet
 from skorch.callbacks import ProgressBar
+from torch import nn
 
 
 def resolve_device(device):
@@ -208,6 +210,43 @@ def fit_net(net, X, y, seed):
         net.initialize()
         net.partial_fit(X, y)
     return net
+
+
+class TorchEstimatorMixin:
+    """What the estimators share about the skorch net they fit (``net_``).
+
+    Expects the parameters ``lr``, ``max_epochs``, ``batch_size``, ``device``,
+    ``random_state``, ``verbose`` and ``callbacks``.
+    """
+
+    @property
+    def history_(self):
+        return self.net_.history_
+
+    @property
+    def device_(self):
+        return str(self.net_.device)
+
+    def _train_net(self, net_class, X, y, *, pixels, **net_params):
+        """Build ``net_class`` (cross-entropy, Adam) and train it on (X, y)."""
+        device = resolve_device(self.device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        net = net_class(
+            criterion=nn.CrossEntropyLoss,
+            optimizer=torch.optim.Adam,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            device=device,
+            verbose=self.verbose,
+            callbacks=default_callbacks(self.verbose, self.callbacks),
+            seed=seed,
+            **net_params,
+        )
+        X_t = as_device_tensor(X, device, pixels=pixels)
+        y_t = torch.as_tensor(y, device=device)
+        self.net_ = fit_net(net, X_t, y_t, seed)
+        return self.net_
 
 
 @torch.no_grad()

@@ -7,15 +7,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import TransformerTags, check_random_state
+from sklearn.utils import TransformerTags
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from ._networks import ConvEncoder, MLPEncoder
-from ._training import (
-    TorchNet, as_device_tensor, batched_apply, default_callbacks, fit_net,
-    resolve_device,
-)
+from ._training import TorchEstimatorMixin, TorchNet, batched_apply, resolve_device
 from ._validation import check_number, encode_labels, validate_images
 
 # sigma = softplus(raw - SIGMA_SHIFT): the encoder starts nearly deterministic
@@ -95,7 +92,7 @@ class VIBNet(TorchNet):
         return {"ce": (1.0, ce), "kl": (self.beta, gaussian_kl(mu, sigma))}
 
 
-class VIBClassifier(ClassifierMixin, BaseEstimator):
+class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     """Deep variational information bottleneck classifier (Alemi et al., 2017).
 
     A stochastic encoder maps ``x`` to ``p(z|x) = N(mu(x), diag sigma(x)^2)``
@@ -322,14 +319,6 @@ class VIBClassifier(ClassifierMixin, BaseEstimator):
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
         return out.astype(dtype, copy=False)
 
-    @property
-    def history_(self):
-        return self.net_.history_
-
-    @property
-    def device_(self):
-        return str(self.net_.device)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
@@ -403,33 +392,20 @@ class VIBClassifier(ClassifierMixin, BaseEstimator):
         return (self.n_features_in_,)
 
     def _fit(self, X, y, hidden):
-        device = resolve_device(self.device)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         in_shape = self._in_shape()
-        net = VIBNet(
-            VIBModule,
+        self._train_net(
+            VIBNet, X, y, pixels=False,
+            module=VIBModule,
             module__in_shape=in_shape,
             module__n_classes=len(self.classes_),
             module__latent_dim=self.latent_dim,
             module__hidden_layer_sizes=hidden,
             module__conv_width=self.conv_width,
-            criterion=nn.CrossEntropyLoss,
-            optimizer=torch.optim.Adam,
-            lr=self.lr,
-            max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
-            device=device,
-            verbose=self.verbose,
-            callbacks=default_callbacks(self.verbose, self.callbacks),
             beta=float(self.beta),
             n_train_samples=self.n_train_samples,
             image_shape=in_shape,
             units=(0.0, 1.0),
-            seed=seed,
         )
-        X_t = as_device_tensor(X, device, pixels=False)
-        y_t = torch.as_tensor(y, device=device)
-        self.net_ = fit_net(net, X_t, y_t, seed)
 
     def _inference_module(self):
         """The fitted module in eval mode, and the dtype to run it in.
