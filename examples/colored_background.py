@@ -154,7 +154,7 @@ def main(argv=None):
     X_oracle_test = flat(colourise(g_test, y_test, 0.0, rng, oracle=True))
     oracle_time = time.time() - t0
 
-    print(f"\n| model | in-distribution acc | OOD acc | fit s |\n|---|---|---|---|")
+    print("\n| model | in-distribution acc | OOD acc | fit s |\n|---|---|---|---|")
     for name, model, seconds in rows:
         print(f"| {name} | {model.score(flat(X_id), y_test):.3f} | "
               f"{model.score(flat(X_ood), y_test):.3f} | {seconds:.0f} |")

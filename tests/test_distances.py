@@ -2,7 +2,6 @@
 
 import warnings
 
-import lpips
 import numpy as np
 import pytest
 import torch
@@ -10,7 +9,11 @@ from skimage.metrics import structural_similarity
 
 from sklearn_cim import CIMTransformer
 from sklearn_cim._distances import (
-    L2Distance, LPIPSDistance, SSIMDistance, TrunkWeightsUnavailableError, load_lpips,
+    L2Distance,
+    LPIPSDistance,
+    SSIMDistance,
+    TrunkWeightsUnavailableError,
+    load_lpips,
     make_distance,
 )
 

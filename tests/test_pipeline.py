@@ -46,3 +46,34 @@ def test_clone_and_set_params_round_trip(tiny):
     assert params["cim__margin"] == 0.3
     assert params["cim__distance"] == "ssim"
     assert clone(pipe.named_steps["cim"]).get_params() == pipe.named_steps["cim"].get_params()
+
+
+def _cim_vib(tiny):
+    from sklearn_cim import VIBClassifier
+
+    vib = VIBClassifier(hidden_layer_sizes=(16,), latent_dim=8, max_epochs=15, batch_size=16,
+                        lr=1e-2, device="cpu", random_state=0)
+    return Pipeline([("cim", CIMTransformer(**tiny)), ("clf", vib)])
+
+
+def test_cim_then_vib_pipeline(images, tiny, tmp_path):
+    X, y = images
+    labels = np.where(y == 1, "bright", "dark")
+    pipe = _cim_vib(tiny).fit(X.reshape(40, -1), labels)
+    proba = pipe.predict_proba(X.reshape(40, -1))
+    assert proba.shape == (40, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert list(pipe.classes_) == ["bright", "dark"]
+    assert pipe.score(X.reshape(40, -1), labels) > 0.9
+    path = tmp_path / "cim_vib.joblib"
+    joblib.dump(pipe, path)
+    np.testing.assert_array_equal(joblib.load(path).predict_proba(X.reshape(40, -1)), proba)
+
+
+def test_grid_search_over_triplet_weight_and_beta(images, tiny):
+    X, y = images
+    grid = {"cim__triplet_weight": [0.0, 1.0], "clf__beta": [1e-3, 1e-1]}
+    search = GridSearchCV(_cim_vib(tiny), grid, cv=2).fit(X.reshape(40, -1), y)
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == 4 and np.all(np.isfinite(scores))
+    assert set(search.best_params_) == set(grid)
