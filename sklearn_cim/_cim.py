@@ -18,6 +18,8 @@ from ._validation import (
     check_data_range,
     check_number,
     encode_labels,
+    encode_with_classes,
+    unique_classes,
     validate_images,
     value_scale,
 )
@@ -85,11 +87,10 @@ class CIMNet(TorchNet):
 
     transient_attributes = TorchNet.transient_attributes + ("metric",)
 
-    def initialize(self):
-        super().initialize()
+    def on_train_begin(self, net, **kwargs):
+        super().on_train_begin(net, **kwargs)
         if self.objective.triplet_weight > 0:
-            self.get_metric()  # fail before training if the trunk is unavailable
-        return self
+            self.get_metric()  # fail before the first step if the trunk is unavailable
 
     def get_metric(self):
         if getattr(self, "metric", None) is None:
@@ -223,6 +224,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     verbose : int, default=0
         0 silent, 1 one log line per epoch, 2 also a progress bar.
     callbacks : list of skorch callbacks or None, default=None
+    warm_start : bool, default=False
+        If True, ``fit`` on a fitted transformer continues training from its
+        weights (same image shape; labels among ``classes_``).
 
     Attributes
     ----------
@@ -236,6 +240,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         ``C * H * W``.
     feature_names_in_ : ndarray of str
         Only when X had string column names.
+    input_range_ : (float, float)
+        Value range of the training data's units: (0, 255) for integer pixels,
+        else ``data_range`` (or (0, 1) for ``data_range=None``).
     device_ : str
         Device the model lives on (``"cpu"`` after loading a CUDA model on a
         machine without CUDA).
@@ -285,6 +292,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         random_state=None,
         verbose=0,
         callbacks=None,
+        warm_start=False,
     ):
         self.image_shape = image_shape
         self.distance = distance
@@ -309,10 +317,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.warm_start = warm_start
 
     # -- public API -----------------------------------------------------------
     def fit(self, X, y):
         """Train the transformation network on labelled images.
+
+        With ``warm_start=True`` and a fitted model, training continues from the
+        fitted weights for ``max_epochs`` more epochs.
 
         Parameters
         ----------
@@ -325,22 +337,23 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         -------
         self : CIMTransformer
         """
-        self._check_params()
-        X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape)
-        data_range = check_data_range(self.data_range)
-        units = value_scale(X, data_range)
-        if data_range is None and X.dtype.kind == "f" and self._needs_unit_range():
-            raise ValueError(
-                f"distance={self.distance!r} needs images in a known range; set "
-                "data_range=(low, high) for float X (data_range=None is only for "
-                "distance='l2' or a callable)."
-            )
-        self._check_image_shape_for_distance(shape)
-        min_per_class = 2 if self.triplet_weight > 0 else 1
-        self.classes_, y_enc = encode_labels(y, min_per_class=min_per_class)
-        self.image_shape_ = tuple(int(s) for s in shape)
-        self._fit(X, y_enc, units)
-        return self
+        return self._fit_images(X, y, warm=self._continues())
+
+    def partial_fit(self, X, y, classes=None):
+        """Train one epoch on (X, y), continuing from the current weights.
+
+        Parameters
+        ----------
+        X, y : as in :meth:`fit`
+        classes : array-like or None
+            All labels, needed on the first call when y does not hold them all.
+
+        Returns
+        -------
+        self : CIMTransformer
+        """
+        return self._fit_images(X, y, warm=hasattr(self, "net_"), epochs=1,
+                                classes=classes)
 
     def transform(self, X):
         """Return psi(X) = m * X in X's layout (2-D in, 2-D out) and units.
@@ -396,7 +409,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         check_number("batch_size", self.batch_size, low=2, integer=True)
         check_number("lr", self.lr, low=0, low_open=True)
         check_number("verbose", self.verbose, low=0, integer=True)
-        for name in ("pretrained", "pair_transform", "per_channel_mask"):
+        for name in ("pretrained", "pair_transform", "per_channel_mask", "warm_start"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         resolve_device(self.device)
@@ -409,8 +422,36 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "or use distance='ssim' or 'l2'."
             )
 
-    def _fit(self, X, y, units):
-        objective = CIMObjective(
+    def _fit_images(self, X, y, *, warm, epochs=None, classes=None):
+        self._check_params()
+        X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape,
+                                         reset=not warm)
+        data_range = check_data_range(self.data_range)
+        units = value_scale(X, data_range)
+        if data_range is None and X.dtype.kind == "f" and self._needs_unit_range():
+            raise ValueError(
+                f"distance={self.distance!r} needs images in a known range; set "
+                "data_range=(low, high) for float X (data_range=None is only for "
+                "distance='l2' or a callable)."
+            )
+        self._check_image_shape_for_distance(shape)
+        min_per_class = 2 if self.triplet_weight > 0 else 1
+        if warm:
+            y_enc = encode_with_classes(y, self.classes_, min_per_class=min_per_class)
+            self.net_.units = units
+        elif classes is not None:
+            self.classes_ = unique_classes(classes)
+            y_enc = encode_with_classes(y, self.classes_, min_per_class=min_per_class)
+        else:
+            self.classes_, y_enc = encode_labels(y, min_per_class=min_per_class)
+        if not warm:
+            self.image_shape_ = tuple(int(s) for s in shape)
+            self.input_range_ = units
+        self._train(X, y_enc, warm=warm, epochs=epochs)
+        return self
+
+    def _objective(self):
+        return CIMObjective(
             classifier_weight=float(self.classifier_weight),
             triplet_weight=float(self.triplet_weight),
             margin=float(self.margin),
@@ -422,8 +463,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             head=self.head,
             head_beta=float(self.head_beta),
         )
-        self._train_net(
-            CIMNet, X, y, pixels=True,
+
+    def _net_spec(self):
+        return CIMNet, dict(
             module=CIMModule,
             module__image_shape=self.image_shape_,
             module__n_classes=len(self.classes_),
@@ -432,10 +474,26 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             module__per_channel_mask=bool(self.per_channel_mask),
             module__head=self.head,
             module__head_width=self.head_width,
-            objective=objective,
+            objective=self._objective(),
             image_shape=self.image_shape_,
-            units=units,
+            units=self.input_range_,
         )
+
+    def _fitted_metadata(self):
+        meta = {"classes_": self.classes_.tolist(), "image_shape_": list(self.image_shape_),
+                "n_features_in_": int(self.n_features_in_),
+                "input_range_": list(self.input_range_)}
+        if hasattr(self, "feature_names_in_"):
+            meta["feature_names_in_"] = self.feature_names_in_.tolist()
+        return meta
+
+    def _restore_metadata(self, meta):
+        self.classes_ = np.asarray(meta["classes_"])
+        self.image_shape_ = tuple(meta["image_shape_"])
+        self.n_features_in_ = meta["n_features_in_"]
+        self.input_range_ = tuple(meta["input_range_"])
+        if "feature_names_in_" in meta:
+            self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
 
     def _apply(self, X, what):
         check_is_fitted(self)

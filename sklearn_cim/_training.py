@@ -14,11 +14,13 @@ What it adds to skorch:
   touching torch's global random state.
 """
 
+import json
 import warnings
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.callbacks import ProgressBar
 from torch import nn
@@ -159,6 +161,11 @@ class TorchNet(NeuralNet):
         self.epoch_term_count = getattr(self, "epoch_term_count", 0) + n
         return loss
 
+    def on_epoch_begin(self, net, **kwargs):
+        super().on_epoch_begin(net, **kwargs)
+        self.__dict__.pop("epoch_term_sums", None)  # left by an interrupted epoch
+        self.__dict__.pop("epoch_term_count", None)
+
     def on_epoch_end(self, net, **kwargs):
         super().on_epoch_end(net, **kwargs)
         sums = self.__dict__.pop("epoch_term_sums", {})
@@ -168,13 +175,13 @@ class TorchNet(NeuralNet):
             means = (torch.stack([sums[k].float() for k in names]) / count).tolist()
             for name, value in zip(names, means):
                 self.history.record("train_" + name, value)
-        loss = self.history[-1].get("train_loss")
-        if loss is not None and not np.isfinite(loss):
-            raise FloatingPointError(
-                f"The training loss became {loss} in epoch {len(self.history)}. "
-                "Lower lr, check the inputs for extreme values, or lower the loss "
-                "weights."
-            )
+            bad = [f"{n}={v}" for n, v in zip(names, means) if not np.isfinite(v)]
+            if bad:
+                raise FloatingPointError(
+                    f"The training loss became non-finite in epoch {len(self.history)} "
+                    f"({', '.join(bad)}). Lower lr, check the inputs for extreme values, "
+                    "or lower the loss weights."
+                )
 
     # -- persistence ----------------------------------------------------------
     transient_attributes = (
@@ -196,19 +203,54 @@ def default_callbacks(verbose, callbacks):
     return out
 
 
-def fit_net(net, X, y, seed):
-    """Initialise and train ``net`` with torch's global RNG seeded by ``seed``.
+# Out-of-memory retries halve the batch size down to this floor.
+MIN_RETRY_BATCH_SIZE = 8
 
-    The global random state is restored afterwards, so fitting does not change
-    the caller's torch random stream.
+
+def _rng_devices(device):
+    device = torch.device(device)
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
+    """Train ``net`` with torch's global RNG seeded by ``seed``, then restore it.
+
+    ``initialize=False`` continues training an initialised net. On an
+    out-of-memory error the batch size is halved (with a warning) and training
+    starts again, down to :data:`MIN_RETRY_BATCH_SIZE`; below that the error is
+    raised with advice. A ``KeyboardInterrupt`` stops training early (skorch
+    keeps the weights reached) with a warning; the net stays usable.
     """
-    devices = []
-    if torch.device(net.device).type == "cuda":
-        devices = [torch.device(net.device).index or 0]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        net.initialize()
-        net.partial_fit(X, y)
+    epochs = net.max_epochs if epochs is None else epochs
+    start = 0 if initialize else len(net.history)
+    while True:
+        with torch.random.fork_rng(devices=_rng_devices(net.device)):
+            torch.manual_seed(seed)
+            if initialize:
+                net.initialize()
+            try:
+                net.partial_fit(X, y, epochs=epochs)
+                break
+            except torch.OutOfMemoryError as exc:
+                smaller = net.batch_size // 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if smaller < MIN_RETRY_BATCH_SIZE:
+                    raise torch.OutOfMemoryError(
+                        f"Out of memory even with batch_size={net.batch_size}. Use smaller "
+                        "images or networks (tn_width, tn_depth, head_width, hidden sizes), "
+                        "free the GPU, or fit on CPU with device='cpu'."
+                    ) from exc
+                warnings.warn(
+                    f"Out of memory with batch_size={net.batch_size}; retrying with "
+                    f"batch_size={smaller}.", RuntimeWarning, stacklevel=5)
+                net.batch_size = smaller
+    done = len(net.history) - start
+    if done < epochs:
+        warnings.warn(
+            f"Training was interrupted after {done} of {epochs} epochs; the estimator "
+            "keeps the weights reached and is usable (fit again, or use warm_start=True "
+            "to continue).", RuntimeWarning, stacklevel=5)
     return net
 
 
@@ -216,8 +258,12 @@ class TorchEstimatorMixin:
     """What the estimators share about the skorch net they fit (``net_``).
 
     Expects the parameters ``lr``, ``max_epochs``, ``batch_size``, ``device``,
-    ``random_state``, ``verbose`` and ``callbacks``.
+    ``random_state``, ``verbose``, ``callbacks`` and ``warm_start``, and the
+    methods ``_net_spec()`` (the net class and its parameters, from fitted
+    attributes), ``_fitted_metadata()`` and ``_restore_metadata(meta)``.
     """
+
+    _pixels = True  # integer X holds 8-bit pixels
 
     @property
     def history_(self):
@@ -227,11 +273,12 @@ class TorchEstimatorMixin:
     def device_(self):
         return str(self.net_.device)
 
-    def _train_net(self, net_class, X, y, *, pixels, **net_params):
-        """Build ``net_class`` (cross-entropy, Adam) and train it on (X, y)."""
-        device = resolve_device(self.device)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        net = net_class(
+    def _continues(self):
+        return bool(self.warm_start) and hasattr(self, "net_")
+
+    def _new_net(self, seed, device):
+        net_class, params = self._net_spec()
+        return net_class(
             criterion=nn.CrossEntropyLoss,
             optimizer=torch.optim.Adam,
             lr=self.lr,
@@ -241,12 +288,79 @@ class TorchEstimatorMixin:
             verbose=self.verbose,
             callbacks=default_callbacks(self.verbose, self.callbacks),
             seed=seed,
-            **net_params,
+            **params,
         )
-        X_t = as_device_tensor(X, device, pixels=pixels)
-        y_t = torch.as_tensor(y, device=device)
-        self.net_ = fit_net(net, X_t, y_t, seed)
+
+    def _train(self, X, y, *, warm=False, epochs=None):
+        """Train a new net on (X, y), or continue ``net_`` when ``warm``."""
+        if warm:
+            net = self.net_
+            net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
+            net.set_params(lr=self.lr)
+            seed = net.seed + len(net.history)
+        else:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+            net = self._new_net(seed, resolve_device(self.device))
+        X_t = as_device_tensor(X, net.device, pixels=self._pixels)
+        y_t = torch.as_tensor(y, device=net.device)
+        self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
         return self.net_
+
+    # -- weights-only persistence ----------------------------------------------
+    def save_params(self, path):
+        """Save the fitted weights and what is needed to rebuild them.
+
+        A ``.safetensors`` path uses safetensors (needs the ``safetensors``
+        package); any other path a torch file that loads with
+        ``weights_only=True``. Neither runs code when loaded, unlike a pickle.
+        The optimizer state and the LPIPS trunk are not saved.
+        """
+        check_is_fitted(self)
+        state = {k: v.detach().cpu().contiguous()
+                 for k, v in self.net_.module_.state_dict().items()}
+        meta = {"estimator": type(self).__name__, "seed": str(self.net_.seed),
+                "fitted": json.dumps(self._fitted_metadata())}
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file(state, str(path), metadata=meta)
+        else:
+            torch.save({"state_dict": state, "metadata": meta}, path)
+        return self
+
+    def load_params(self, path):
+        """Rebuild a fitted estimator from :meth:`save_params` output.
+
+        Call it on an estimator constructed with the same parameters as the
+        saved one; returns ``self``, ready to transform / predict.
+        """
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata()
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            state, meta = saved["state_dict"], saved["metadata"]
+        if meta.get("estimator") != type(self).__name__:
+            raise ValueError(
+                f"{path} holds a {meta.get('estimator')}, not a {type(self).__name__}; "
+                "load it with that class.")
+        self._restore_metadata(json.loads(meta["fitted"]))
+        net = self._new_net(int(meta["seed"]), resolve_device(self.device))
+        with torch.random.fork_rng(devices=_rng_devices(net.device)):
+            net.initialize()
+        try:
+            net.module_.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"The weights in {path} do not fit this estimator's networks ({exc}). "
+                "Construct the estimator with the parameters it was saved with."
+            ) from None
+        net.history_.clear()
+        self.net_ = net
+        return self
 
 
 @torch.no_grad()

@@ -204,3 +204,41 @@ def check_number(name, value, *, low=None, high=None, integer=False, low_open=Fa
         raise ValueError(f"{name} must be {op} {low}, got {value!r}.")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value!r}.")
+
+
+def encode_with_classes(y, classes, *, min_per_class=1):
+    """Encode y against known ``classes`` (warm starts, ``partial_fit``).
+
+    Labels outside ``classes`` raise; ``min_per_class`` applies to the classes
+    present in y.
+    """
+    check_classification_targets(y)
+    classes = np.asarray(classes)
+    unknown = np.setdiff1d(np.unique(y), classes)
+    if unknown.size:
+        raise ValueError(
+            f"y holds labels {unknown[:10].tolist()!r} that are not among the classes "
+            f"{classes[:10].tolist()!r} fixed by the first fit; pass every label in "
+            "`classes` on the first partial_fit call, or fit from scratch "
+            "(warm_start=False)."
+        )
+    y_enc = np.searchsorted(classes, y).astype(np.int64)
+    counts = np.bincount(y_enc, minlength=len(classes))
+    present = counts > 0
+    if min_per_class > 1 and (counts[present] < min_per_class).any():
+        small = classes[present & (counts < min_per_class)]
+        raise ValueError(
+            f"Triplet mining needs at least {min_per_class} samples of every class in "
+            f"the data; classes {small[:10].tolist()!r} have one sample. Add samples "
+            "of those classes or set triplet_weight=0."
+        )
+    return y_enc
+
+
+def unique_classes(classes):
+    """Sorted unique ``classes`` for a first ``partial_fit``; at least 2."""
+    classes = np.unique(np.asarray(classes))
+    if len(classes) < 2:
+        raise ValueError(
+            f"classes must list at least 2 labels, got {classes.tolist()!r}.")
+    return classes

@@ -13,7 +13,13 @@ from torch import nn
 
 from ._networks import ConvEncoder, MLPEncoder
 from ._training import TorchEstimatorMixin, TorchNet, batched_apply, resolve_device
-from ._validation import check_number, encode_labels, validate_images
+from ._validation import (
+    check_number,
+    encode_labels,
+    encode_with_classes,
+    unique_classes,
+    validate_images,
+)
 
 # sigma = softplus(raw - SIGMA_SHIFT): the encoder starts nearly deterministic
 # (sigma ~ 0.007), as in Alemi et al.
@@ -151,6 +157,9 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     verbose : int, default=0
         0 silent, 1 one log line per epoch, 2 also a progress bar.
     callbacks : list of skorch callbacks or None, default=None
+    warm_start : bool, default=False
+        If True, ``fit`` on a fitted classifier continues training from its
+        weights (same features; labels among ``classes_``).
 
     Attributes
     ----------
@@ -212,6 +221,7 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         random_state=None,
         verbose=0,
         callbacks=None,
+        warm_start=False,
     ):
         self.beta = beta
         self.latent_dim = latent_dim
@@ -227,6 +237,7 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.warm_start = warm_start
 
     # -- public API -----------------------------------------------------------
     def fit(self, X, y):
@@ -244,11 +255,23 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         -------
         self : VIBClassifier
         """
-        hidden = self._check_params()
-        X, y = self._validate(X, y, reset=True)
-        self.classes_, y_enc = encode_labels(y)
-        self._fit(X, y_enc, hidden)
-        return self
+        return self._fit_features(X, y, warm=self._continues())
+
+    def partial_fit(self, X, y, classes=None):
+        """Train one epoch on (X, y), continuing from the current weights.
+
+        Parameters
+        ----------
+        X, y : as in :meth:`fit`
+        classes : array-like or None
+            All labels, needed on the first call when y does not hold them all.
+
+        Returns
+        -------
+        self : VIBClassifier
+        """
+        return self._fit_features(X, y, warm=hasattr(self, "net_"), epochs=1,
+                                  classes=classes)
 
     def predict_proba(self, X):
         """Class probabilities, the softmax averaged over ``n_test_samples`` draws.
@@ -391,10 +414,23 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
             return self.image_shape_
         return (self.n_features_in_,)
 
-    def _fit(self, X, y, hidden):
+    def _fit_features(self, X, y, *, warm, epochs=None, classes=None):
+        self._check_params()
+        X, y = self._validate(X, y, reset=not warm)
+        if warm:
+            y_enc = encode_with_classes(y, self.classes_)
+        elif classes is not None:
+            self.classes_ = unique_classes(classes)
+            y_enc = encode_with_classes(y, self.classes_)
+        else:
+            self.classes_, y_enc = encode_labels(y)
+        self._train(X, y_enc, warm=warm, epochs=epochs)
+        return self
+
+    def _net_spec(self):
         in_shape = self._in_shape()
-        self._train_net(
-            VIBNet, X, y, pixels=False,
+        hidden = self._check_params()  # the normalised hidden_layer_sizes
+        return VIBNet, dict(
             module=VIBModule,
             module__in_shape=in_shape,
             module__n_classes=len(self.classes_),
@@ -406,6 +442,21 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
             image_shape=in_shape,
             units=(0.0, 1.0),
         )
+
+    def _fitted_metadata(self):
+        meta = {"classes_": self.classes_.tolist(), "n_features_in_": int(self.n_features_in_),
+                "image_shape_": None if self.image_shape_ is None else list(self.image_shape_)}
+        if hasattr(self, "feature_names_in_"):
+            meta["feature_names_in_"] = self.feature_names_in_.tolist()
+        return meta
+
+    def _restore_metadata(self, meta):
+        self.classes_ = np.asarray(meta["classes_"])
+        self.n_features_in_ = meta["n_features_in_"]
+        shape = meta["image_shape_"]
+        self.image_shape_ = None if shape is None else tuple(shape)
+        if "feature_names_in_" in meta:
+            self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
 
     def _inference_module(self):
         """The fitted module in eval mode, and the dtype to run it in.

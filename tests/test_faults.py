@@ -1,0 +1,130 @@
+"""Faults during training: interruption, out of memory, non-finite loss,
+warm starts and partial_fit, for both estimators."""
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback
+
+from sklearn_cim import CIMTransformer, VIBClassifier
+from sklearn_cim._networks import MaskNet
+from sklearn_cim._vib import VIBModule, VIBNet
+
+VIB_TINY = dict(hidden_layer_sizes=(8,), latent_dim=4, max_epochs=2, batch_size=16,
+                device="cpu", random_state=0)
+
+
+def _estimators(tiny):
+    return {"cim": CIMTransformer(**tiny), "vib": VIBClassifier(**VIB_TINY)}
+
+
+def _output(est, X):
+    return est.transform(X) if isinstance(est, CIMTransformer) else est.predict_proba(X)
+
+
+class InterruptAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("kind", ["cim", "vib"])
+def test_keyboard_interrupt_leaves_a_usable_estimator(images, tiny, kind):
+    X, y = images
+    X = X.reshape(40, -1)
+    est = _estimators(tiny)[kind].set_params(max_epochs=5, callbacks=[InterruptAt(2)])
+    with pytest.warns(RuntimeWarning, match="interrupted after 2 of 5 epochs"):
+        est.fit(X, y)
+    assert len(est.history_) == 2
+    out = _output(est, X)
+    assert out.shape[0] == 40 and np.isfinite(out).all()
+
+
+def _oom_when_larger_than(limit):
+    def patch(forward):
+        def wrapped(self, x, *args, **kwargs):
+            if self.training and x.shape[0] > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return forward(self, x, *args, **kwargs)
+        return wrapped
+    return patch
+
+
+@pytest.mark.parametrize("kind, module", [("cim", MaskNet), ("vib", VIBModule)])
+def test_out_of_memory_halves_the_batch_size(images, tiny, kind, module, monkeypatch):
+    X, y = images
+    X = X.reshape(40, -1)
+    monkeypatch.setattr(module, "forward", _oom_when_larger_than(8)(module.forward))
+    est = _estimators(tiny)[kind].set_params(batch_size=32)
+    with pytest.warns(RuntimeWarning, match=r"retrying with batch_size=(16|8)\.") as record:
+        est.fit(X, y)
+    assert [str(w.message)[-3:-1] for w in record] == ["16", "=8"]
+    assert est.net_.batch_size == 8 and est.batch_size == 32  # the parameter is untouched
+    assert len(est.history_) == est.max_epochs
+    assert np.isfinite(_output(est, X)).all()
+
+
+@pytest.mark.parametrize("kind, module", [("cim", MaskNet), ("vib", VIBModule)])
+def test_out_of_memory_below_the_floor_is_a_clear_error(images, tiny, kind, module,
+                                                        monkeypatch):
+    X, y = images
+    monkeypatch.setattr(module, "forward", _oom_when_larger_than(0)(module.forward))
+    est = _estimators(tiny)[kind].set_params(batch_size=32)
+    with pytest.warns(RuntimeWarning, match="retrying"):
+        with pytest.raises(torch.OutOfMemoryError, match="even with batch_size=8.*device='cpu'"):
+            est.fit(X.reshape(40, -1), y)
+
+
+def test_non_finite_loss_names_the_cause(images, tiny, monkeypatch):
+    X, y = images
+
+    def nan_distance(a, b):
+        return (a - b).flatten(1).mean(1) * float("nan")
+
+    with pytest.raises(FloatingPointError, match="Lower lr, check the inputs"):
+        CIMTransformer(**{**tiny, "distance": nan_distance}).fit(X, y)
+
+    def nan_terms(self, y_pred, y_true, X):
+        mu, _ = y_pred
+        return {"ce": (1.0, mu.sum() * float("nan"))}
+
+    monkeypatch.setattr(VIBNet, "loss_terms", nan_terms)
+    with pytest.raises(FloatingPointError, match="Lower lr"):
+        VIBClassifier(**VIB_TINY).fit(X.reshape(40, -1), y)
+
+
+@pytest.mark.parametrize("kind", ["cim", "vib"])
+def test_warm_start_continues_from_the_fitted_weights(images, tiny, kind):
+    X, y = images
+    X = X.reshape(40, -1)
+    est = _estimators(tiny)[kind].set_params(max_epochs=2)
+    first = _output(est.fit(X, y), X)
+    cold = _output(est.fit(X, y), X)  # warm_start=False: a fresh, identical fit
+    np.testing.assert_array_equal(first, cold)
+    est.set_params(warm_start=True, max_epochs=3)
+    warm = _output(est.fit(X, y), X)
+    assert len(est.history_) == 5
+    assert not np.allclose(warm, first)
+    with pytest.raises(ValueError, match="not among the classes"):
+        est.fit(X, np.where(y == 1, 7, 0))
+    with pytest.raises(ValueError, match="features"):
+        est.fit(X[:, :10], y)
+
+
+@pytest.mark.parametrize("kind", ["cim", "vib"])
+def test_partial_fit_adds_one_epoch_per_call(images, tiny, kind):
+    X, y = images
+    X = X.reshape(40, -1)
+    est = _estimators(tiny)[kind]
+    order = np.random.RandomState(0).permutation(40)
+    first, second = order[:20], order[20:]
+    est.partial_fit(X[first], np.array(["a", "b"])[y[first]], classes=["a", "b"])
+    est.partial_fit(X[second], np.array(["a", "b"])[y[second]])
+    assert len(est.history_) == 2
+    assert list(est.classes_) == ["a", "b"]
+    assert _output(est, X).shape[0] == 40
+    with pytest.raises(ValueError, match="not among the classes"):
+        est.partial_fit(X[first], np.array(["a", "c"])[y[first]])

@@ -1,0 +1,82 @@
+"""Persistence: weights-only files, pickles across processes."""
+
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from sklearn_cim import CIMTransformer, VIBClassifier
+
+VIB_TINY = dict(hidden_layer_sizes=(8,), latent_dim=4, max_epochs=3, batch_size=16,
+                device="cpu", random_state=0)
+
+
+def _fitted(kind, tiny, X, y):
+    if kind == "cim":
+        return CIMTransformer(**tiny).fit(X, y), "transform"
+    return VIBClassifier(**VIB_TINY).fit(X, y), "predict_proba"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("kind", ["cim", "vib"])
+def test_save_and_load_params(images, tiny, tmp_path, kind, suffix):
+    X, y = images
+    X = X.reshape(40, -1)
+    est, method = _fitted(kind, tiny, X, np.array(["no", "yes"])[y])
+    path = tmp_path / f"model{suffix}"
+    est.save_params(path)
+    if suffix == ".pt":
+        saved = torch.load(path, weights_only=True)  # plain tensors and strings only
+        assert set(saved) == {"state_dict", "metadata"}
+    fresh = type(est)(**est.get_params()).load_params(path)
+    np.testing.assert_array_equal(getattr(fresh, method)(X), getattr(est, method)(X))
+    assert list(fresh.classes_) == ["no", "yes"]
+    assert fresh.n_features_in_ == 64
+    if kind == "cim":
+        assert fresh.image_shape_ == (1, 8, 8)
+
+
+def test_load_params_checks_class_and_architecture(images, tiny, tmp_path):
+    X, y = images
+    path = tmp_path / "cim.safetensors"
+    CIMTransformer(**tiny).fit(X, y).save_params(path)
+    with pytest.raises(ValueError, match="load it with that class"):
+        VIBClassifier(**VIB_TINY).load_params(path)
+    with pytest.raises(ValueError, match="parameters it was saved with"):
+        CIMTransformer(**{**tiny, "tn_width": 8}).load_params(path)
+
+
+def test_loaded_weights_can_keep_training(images, tiny, tmp_path):
+    X, y = images
+    path = tmp_path / "cim.pt"
+    CIMTransformer(**tiny).fit(X, y).save_params(path)
+    est = CIMTransformer(**{**tiny, "warm_start": True}).load_params(path)
+    est.fit(X, y)
+    assert len(est.history_) == tiny["max_epochs"]
+
+
+LOAD_AND_PREDICT = """
+import sys, joblib, numpy as np
+pipe = joblib.load(sys.argv[1])
+X = np.load(sys.argv[2])
+np.save(sys.argv[3], pipe.predict_proba(X))
+"""
+
+
+def test_pipeline_pickled_in_one_process_predicts_identically_in_another(images, tiny,
+                                                                          tmp_path):
+    X, y = images
+    X = X.reshape(40, -1)
+    for clf in (LogisticRegression(max_iter=200), VIBClassifier(**VIB_TINY)):
+        pipe = Pipeline([("cim", CIMTransformer(**tiny)), ("clf", clf)]).fit(X, y)
+        joblib.dump(pipe, tmp_path / "pipe.joblib")
+        np.save(tmp_path / "X.npy", X)
+        subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, str(tmp_path / "pipe.joblib"),
+                        str(tmp_path / "X.npy"), str(tmp_path / "out.npy")], check=True,
+                       timeout=300)
+        np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), pipe.predict_proba(X))
