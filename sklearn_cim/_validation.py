@@ -4,6 +4,7 @@ Every check here raises a ``ValueError`` (or ``TypeError``) whose message says
 what to change; nothing is silently converted or clipped.
 """
 
+import re
 from numbers import Integral, Real
 
 import numpy as np
@@ -11,6 +12,85 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 _UINT8_MAX = 255.0
+
+
+def _sentence(msg):
+    msg = str(msg).strip()
+    return msg if msg.endswith(".") else msg + "."
+
+
+def _explain(estimator, err):
+    """A ``ValueError`` naming the fix for a message of sklearn's ``check_array``
+    that only names the problem; None when ``err`` already names the fix."""
+    msg = str(err)
+    name = type(estimator).__name__
+    first = msg.splitlines()[0] if msg else msg
+    if msg.startswith("Complex data not supported"):
+        # The prefix is kept: scikit-learn's estimator checks look for it.
+        return ValueError(
+            f"Complex data not supported: X holds complex numbers, but {name} needs "
+            "real values. Pass X.real, or np.abs(X) for magnitudes."
+        )
+    if "could not convert" in msg:
+        return ValueError(
+            f"X holds entries that are not numbers ({first}). Convert every entry to "
+            "a number first (decode images into arrays, encode or drop non-numeric "
+            "columns), then pass a numeric array, e.g. np.asarray(X, dtype=np.float32)."
+        )
+    if "inhomogeneous" in msg or "setting an array element with a sequence" in msg:
+        return ValueError(
+            f"X cannot be stacked into one array ({first}): its images or rows differ "
+            "in size. Resize them to one shape and stack them, e.g. np.stack(images)."
+        )
+    if "inconsistent numbers of samples" in msg:
+        return ValueError(
+            f"{_sentence(msg)} X and y need one entry per sample: pass the labels y "
+            "that belong to X (same length, same order)."
+        )
+    if msg.startswith("Found array with dim"):
+        images = ""
+        if "image_shape" in estimator.get_params():
+            images = ", or set image_shape=(C, H, W) to pass 4-D image batches"
+        return ValueError(
+            f"{_sentence(msg)} Reshape X to 2-D (n_samples, n_features), e.g. "
+            f"X.reshape(len(X), -1){images}."
+        )
+    if "contains infinity" in msg:
+        return ValueError(
+            f"{_sentence(msg)} Remove or replace the infinite values (e.g. with "
+            f"np.nan_to_num or by imputing them) before calling {name}."
+        )
+    if msg.startswith("Input y contains NaN"):
+        return ValueError(
+            f"{_sentence(msg)} Drop the samples whose label is missing, or fill the "
+            "labels in."
+        )
+    match = re.match(r"X has \d+ features, but \w+ is expecting (\d+) features", msg)
+    if match:
+        return ValueError(
+            f"{_sentence(msg)} Pass rows of {match[1]} features, as in fit (the same "
+            f"columns, the same image size), or fit {name} again on the new data."
+        )
+    return None
+
+
+def validate_data_with_fix(estimator, X, y="no_validation", *, reset=True,
+                           **check_params):
+    """scikit-learn's ``validate_data``, with error messages that name the fix.
+
+    Mismatched X and y lengths, complex or non-numeric entries, ragged rows,
+    arrays of more than 2 dimensions, infinite values, missing labels and a
+    changed number of features raise a ``ValueError`` that keeps
+    scikit-learn's description of the problem (which its estimator checks
+    look for) and says what to change. Other errors pass through unchanged.
+    """
+    try:
+        return validate_data(estimator, X, y, reset=reset, **check_params)
+    except ValueError as err:
+        clear = _explain(estimator, err)
+        if clear is None:
+            raise
+        raise clear from None
 
 
 def resolve_image_shape(image_shape, n_features):
@@ -91,13 +171,16 @@ def check_data_range(data_range):
 def value_scale(X, data_range):
     """Return ``(low, high)``, the units of X, after checking X lies inside them.
 
-    Integer X holds 8-bit pixels: ``(0, 255)``. Float X must lie in
+    Integer X holds 8-bit pixels: ``(0, 255)``; bool X is binary ``(0, 1)``.
+    Float X must lie in
     ``data_range``; with ``data_range=None`` floats are taken as they are and
     ``(0, 1)`` is returned (no rescaling).
     """
     if X.size == 0:
         return (0.0, 1.0)
-    if np.issubdtype(X.dtype, np.integer) or X.dtype == np.bool_:
+    if X.dtype == np.bool_:
+        return (0.0, 1.0)  # binary images: True is full intensity
+    if np.issubdtype(X.dtype, np.integer):
         lo, hi = X.min(), X.max()
         if lo < 0 or hi > _UINT8_MAX:
             raise ValueError(
@@ -108,10 +191,14 @@ def value_scale(X, data_range):
     if data_range is None:
         return (0.0, 1.0)
     low, high = data_range
-    lo, hi = float(X.min()), float(X.max())
-    if lo < low or hi > high:
+    lo, hi = X.min(), X.max()
+    # Compare at X's precision: float32 X clipped to data_range=(0.01, 1) holds
+    # float32(0.01), a hair below the float64 0.01.
+    with np.errstate(over="ignore"):
+        low_x, high_x = X.dtype.type(low), X.dtype.type(high)
+    if lo < low_x or hi > high_x:
         raise ValueError(
-            f"X holds values in [{lo:.4g}, {hi:.4g}], outside data_range=({low:g}, "
+            f"X holds values in [{float(lo):.4g}, {float(hi):.4g}], outside data_range=({low:g}, "
             f"{high:g}). Scale X into that range (float images are expected in "
             "[0, 1]; uint8 in [0, 255]), or set data_range to the range your data "
             "uses (data_range=None takes floats as they are, only with "
@@ -126,6 +213,13 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
     Returns ``(X2d, y, image_shape, was_4d)`` where ``X2d`` keeps the input's
     numeric dtype (uint8 stays uint8) and ``n_features_in_`` counts C*H*W.
     """
+    if isinstance(X, (list, tuple)):
+        try:
+            arr = np.asarray(X)
+        except (ValueError, TypeError):
+            arr = None  # ragged or odd entries: validate_data_with_fix explains
+        if arr is not None and arr.ndim > 2:
+            X = arr  # nested lists of images are read like arrays
     was_4d = getattr(X, "ndim", None) == 4
     shape4 = None
     if was_4d:
@@ -139,9 +233,9 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
         )
     kwargs = dict(dtype="numeric", ensure_all_finite=True, accept_sparse=False)
     if y is None:
-        X = validate_data(estimator, X, reset=reset, **kwargs)
+        X = validate_data_with_fix(estimator, X, reset=reset, **kwargs)
     else:
-        X, y = validate_data(estimator, X, y, reset=reset, **kwargs)
+        X, y = validate_data_with_fix(estimator, X, y, reset=reset, **kwargs)
     if reset:
         if was_4d:
             if image_shape is not None and resolve_image_shape(
@@ -159,15 +253,29 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
         if was_4d and shape4 != tuple(shape):
             raise ValueError(
                 f"X has images of shape {shape4}, but {type(estimator).__name__} "
-                f"was fitted on images of shape {tuple(shape)}."
+                f"was fitted on images of shape {tuple(shape)}. Pass images of shape "
+                f"{tuple(shape)} (resize them, or check the axis order: channels "
+                "first), or fit again on the new images."
             )
     return X, y, shape, was_4d
 
 
 def encode_labels(y, *, min_per_class=1):
     """Return ``(classes, y_encoded)`` after checking class counts."""
-    check_classification_targets(y)
-    classes, y_enc = np.unique(y, return_inverse=True)
+    if y is None:
+        raise ValueError(
+            "This estimator requires y to be passed, but the target y is None. "
+            "Pass the class labels: fit(X, y)."
+        )
+    try:
+        check_classification_targets(y)
+        classes, y_enc = np.unique(y, return_inverse=True)
+    except TypeError as err:
+        raise TypeError(
+            f"The labels in y cannot be sorted ({err}): they mix types, e.g. "
+            "strings and numbers or None. Use labels of one type, e.g. "
+            "y.astype(str), and drop samples whose label is missing."
+        ) from None
     if len(classes) < 2:
         raise ValueError(
             f"y holds 1 class ({classes[0]!r}); training needs at least 2 classes. "

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import TransformerTags
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._networks import ConvEncoder, MLPEncoder
@@ -18,6 +18,7 @@ from ._validation import (
     encode_labels,
     encode_with_classes,
     unique_classes,
+    validate_data_with_fix,
     validate_images,
 )
 
@@ -376,32 +377,23 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     def _validate(self, X, y=None, *, reset):
         """Validate X (and y in fit); returns ``(X2d, y)``."""
         plain = self.image_shape is None if reset else self.image_shape_ is None
-        try:
-            if plain:
-                kwargs = dict(dtype=(np.float64, np.float32), ensure_all_finite=True)
-                if reset:
-                    X, y = validate_data(self, X, y, **kwargs)
-                    self.image_shape_ = None
-                else:
-                    X = validate_data(self, X, reset=False, **kwargs)
+        if plain:
+            kwargs = dict(dtype=(np.float64, np.float32), ensure_all_finite=True)
+            if reset:
+                X, y = validate_data_with_fix(self, X, y, **kwargs)
+                self.image_shape_ = None
             else:
-                if reset and y is None:
-                    raise ValueError(
-                        f"{type(self).__name__} requires y to be passed, but the "
-                        "target y is None."
-                    )
-                X, y, shape, _ = validate_images(
-                    self, X, y, image_shape=self.image_shape, reset=reset)
-                if reset:
-                    self.image_shape_ = tuple(int(s) for s in shape)
-        except ValueError as err:
-            if "infinity" in str(err):
+                X = validate_data_with_fix(self, X, reset=False, **kwargs)
+        else:
+            if reset and y is None:
                 raise ValueError(
-                    f"{err} Remove or replace the infinite values (e.g. with "
-                    "np.nan_to_num or by imputing them) before calling "
-                    f"{type(self).__name__}."
-                ) from None
-            raise
+                    f"{type(self).__name__} requires y to be passed, but the "
+                    "target y is None."
+                )
+            X, y, shape, _ = validate_images(
+                self, X, y, image_shape=self.image_shape, reset=reset)
+            if reset:
+                self.image_shape_ = tuple(int(s) for s in shape)
         if X.size and X.dtype == np.float64 and max(X.max(), -X.min()) > _FLOAT32_MAX:
             raise ValueError(
                 "X holds values too large for float32, the precision the network "

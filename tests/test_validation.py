@@ -116,3 +116,11 @@ def test_data_range_other_than_unit(images, tiny):
     cim = _fit(Xs, y, tiny, data_range=(-1.0, 1.0))
     psi, m = cim.transform(Xs), cim.masks(Xs)
     np.testing.assert_allclose(psi, -1 + m * (Xs + 1), atol=1e-5)
+
+
+def test_bool_images_are_binary_not_8_bit(images, tiny):
+    X, y = images
+    Xb = X > 0.5
+    cim = _fit(Xb, y, tiny)
+    np.testing.assert_allclose(cim.transform(Xb), cim.masks(Xb) * Xb, atol=1e-6)
+    assert cim.input_range_ == (0.0, 1.0)
