@@ -18,8 +18,6 @@ from ._validation import (
     check_data_range,
     check_number,
     encode_labels,
-    encode_with_classes,
-    unique_classes,
     validate_images,
     value_scale,
 )
@@ -436,15 +434,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             )
         self._check_image_shape_for_distance(shape)
         min_per_class = 2 if self.triplet_weight > 0 else 1
+        self.classes_, y_enc = encode_labels(
+            y, classes=self._known_classes(warm, classes), min_per_class=min_per_class)
         if warm:
-            y_enc = encode_with_classes(y, self.classes_, min_per_class=min_per_class)
             self.net_.units = units
-        elif classes is not None:
-            self.classes_ = unique_classes(classes)
-            y_enc = encode_with_classes(y, self.classes_, min_per_class=min_per_class)
         else:
-            self.classes_, y_enc = encode_labels(y, min_per_class=min_per_class)
-        if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
             self.input_range_ = units
         self._train(X, y_enc, warm=warm, epochs=epochs)

@@ -25,6 +25,8 @@ from skorch import NeuralNet
 from skorch.callbacks import ProgressBar
 from torch import nn
 
+from ._validation import unique_classes
+
 
 def resolve_device(device):
     """Map ``"auto"`` to CUDA when available, else CPU; check other names."""
@@ -275,6 +277,13 @@ class TorchEstimatorMixin:
 
     def _continues(self):
         return bool(self.warm_start) and hasattr(self, "net_")
+
+    def _known_classes(self, warm, classes):
+        """Classes y must keep to: the fitted ones when continuing, else the
+        ``classes`` of a first ``partial_fit`` (None: taken from y)."""
+        if warm:
+            return self.classes_
+        return None if classes is None else unique_classes(classes)
 
     def _new_net(self, seed, device):
         net_class, params = self._net_spec()

@@ -260,8 +260,12 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
     return X, y, shape, was_4d
 
 
-def encode_labels(y, *, min_per_class=1):
-    """Return ``(classes, y_encoded)`` after checking class counts."""
+def encode_labels(y, *, min_per_class=1, classes=None):
+    """Return ``(classes, y_encoded)`` after checking the labels.
+
+    With ``classes`` (warm starts, ``partial_fit``) y is encoded against them:
+    labels outside raise, and ``min_per_class`` applies to the classes present.
+    """
     if y is None:
         raise ValueError(
             "This estimator requires y to be passed, but the target y is None. "
@@ -269,29 +273,40 @@ def encode_labels(y, *, min_per_class=1):
         )
     try:
         check_classification_targets(y)
-        classes, y_enc = np.unique(y, return_inverse=True)
+        found, y_enc = np.unique(y, return_inverse=True)
+        if classes is not None:
+            unknown = np.setdiff1d(found, classes)
+            y_enc = np.searchsorted(classes, found)[y_enc]
     except TypeError as err:
         raise TypeError(
             f"The labels in y cannot be sorted ({err}): they mix types, e.g. "
             "strings and numbers or None. Use labels of one type, e.g. "
             "y.astype(str), and drop samples whose label is missing."
         ) from None
-    if len(classes) < 2:
+    if classes is None:
+        classes = found
+        if len(classes) < 2:
+            raise ValueError(
+                f"y holds 1 class ({classes[0]!r}); training needs at least 2 classes. "
+                "Pass labels of at least two classes."
+            )
+    elif unknown.size:
         raise ValueError(
-            f"y holds 1 class ({classes[0]!r}); training needs at least 2 classes. "
-            "Pass labels of at least two classes."
+            f"y holds labels {unknown[:10].tolist()!r} that are not among the classes "
+            f"{classes[:10].tolist()!r} fixed by the first fit; pass every label in "
+            "`classes` on the first partial_fit call, or fit from scratch "
+            "(warm_start=False)."
         )
-    counts = np.bincount(y_enc)
-    if min_per_class > 1 and counts.min() < min_per_class:
-        small = [classes[i] for i in np.flatnonzero(counts < min_per_class)]
+    counts = np.bincount(y_enc, minlength=len(classes))
+    small = classes[(counts > 0) & (counts < min_per_class)]
+    if small.size:
         raise ValueError(
             f"Triplet mining needs at least {min_per_class} samples of every class "
-            f"(a same-class positive besides the anchor); classes {small[:10]!r} have "
-            "fewer (one sample). Add samples of those classes, drop them, or set "
+            f"(a same-class positive besides the anchor); classes {small[:10].tolist()!r} "
+            "have fewer (one sample). Add samples of those classes, drop them, or set "
             "triplet_weight=0."
         )
     return classes, y_enc.astype(np.int64)
-
 
 def check_choice(name, value, choices):
     if value not in choices:
@@ -312,35 +327,6 @@ def check_number(name, value, *, low=None, high=None, integer=False, low_open=Fa
         raise ValueError(f"{name} must be {op} {low}, got {value!r}.")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value!r}.")
-
-
-def encode_with_classes(y, classes, *, min_per_class=1):
-    """Encode y against known ``classes`` (warm starts, ``partial_fit``).
-
-    Labels outside ``classes`` raise; ``min_per_class`` applies to the classes
-    present in y.
-    """
-    check_classification_targets(y)
-    classes = np.asarray(classes)
-    unknown = np.setdiff1d(np.unique(y), classes)
-    if unknown.size:
-        raise ValueError(
-            f"y holds labels {unknown[:10].tolist()!r} that are not among the classes "
-            f"{classes[:10].tolist()!r} fixed by the first fit; pass every label in "
-            "`classes` on the first partial_fit call, or fit from scratch "
-            "(warm_start=False)."
-        )
-    y_enc = np.searchsorted(classes, y).astype(np.int64)
-    counts = np.bincount(y_enc, minlength=len(classes))
-    present = counts > 0
-    if min_per_class > 1 and (counts[present] < min_per_class).any():
-        small = classes[present & (counts < min_per_class)]
-        raise ValueError(
-            f"Triplet mining needs at least {min_per_class} samples of every class in "
-            f"the data; classes {small[:10].tolist()!r} have one sample. Add samples "
-            "of those classes or set triplet_weight=0."
-        )
-    return y_enc
 
 
 def unique_classes(classes):

@@ -16,8 +16,6 @@ from ._training import TorchEstimatorMixin, TorchNet, batched_apply, resolve_dev
 from ._validation import (
     check_number,
     encode_labels,
-    encode_with_classes,
-    unique_classes,
     validate_data_with_fix,
     validate_images,
 )
@@ -409,13 +407,7 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     def _fit_features(self, X, y, *, warm, epochs=None, classes=None):
         self._check_params()
         X, y = self._validate(X, y, reset=not warm)
-        if warm:
-            y_enc = encode_with_classes(y, self.classes_)
-        elif classes is not None:
-            self.classes_ = unique_classes(classes)
-            y_enc = encode_with_classes(y, self.classes_)
-        else:
-            self.classes_, y_enc = encode_labels(y)
+        self.classes_, y_enc = encode_labels(y, classes=self._known_classes(warm, classes))
         self._train(X, y_enc, warm=warm, epochs=epochs)
         return self
 
