@@ -11,7 +11,7 @@ from torch import nn
 
 from ._distances import DISTANCES, LPIPS_TRUNKS, make_distance
 from ._networks import ConvClassifier, MaskNet
-from ._training import TorchEstimatorMixin, TorchNet, batched_apply, resolve_device
+from ._training import TorchEstimatorMixin, TorchNet, batched_apply
 from ._triplet import MININGS, mine_triplets, triplet_loss
 from ._validation import (
     check_choice,
@@ -401,16 +401,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "classifier_weight and triplet_weight are both 0: nothing would "
                 "train the mask. Set at least one of them > 0."
             )
-        for name in ("tn_width", "head_width", "max_epochs"):
+        for name in ("tn_width", "head_width"):
             check_number(name, getattr(self, name), low=1, integer=True)
         check_number("tn_depth", self.tn_depth, low=0, integer=True)
-        check_number("batch_size", self.batch_size, low=2, integer=True)
-        check_number("lr", self.lr, low=0, low_open=True)
-        check_number("verbose", self.verbose, low=0, integer=True)
-        for name in ("pretrained", "pair_transform", "per_channel_mask", "warm_start"):
+        for name in ("pretrained", "pair_transform", "per_channel_mask"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        resolve_device(self.device)
+        self._check_training_params(min_batch_size=2)  # a triplet needs two samples
 
     def _check_image_shape_for_distance(self, shape):
         if self.triplet_weight > 0 and self.distance in LPIPS_TRUNKS and shape[0] not in (1, 3):

@@ -25,7 +25,7 @@ from skorch import NeuralNet
 from skorch.callbacks import ProgressBar
 from torch import nn
 
-from ._validation import unique_classes
+from ._validation import check_number, unique_classes
 
 
 def resolve_device(device):
@@ -274,6 +274,16 @@ class TorchEstimatorMixin:
     @property
     def device_(self):
         return str(self.net_.device)
+
+    def _check_training_params(self, *, min_batch_size=1):
+        """Check the training parameters both estimators share."""
+        check_number("max_epochs", self.max_epochs, low=1, integer=True)
+        check_number("batch_size", self.batch_size, low=min_batch_size, integer=True)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("verbose", self.verbose, low=0, integer=True)
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}.")
+        resolve_device(self.device)
 
     def _continues(self):
         return bool(self.warm_start) and hasattr(self, "net_")

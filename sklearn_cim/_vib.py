@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._networks import ConvEncoder, MLPEncoder
-from ._training import TorchEstimatorMixin, TorchNet, batched_apply, resolve_device
+from ._training import TorchEstimatorMixin, TorchNet, batched_apply
 from ._validation import (
     check_number,
     encode_labels,
@@ -352,11 +352,9 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     # -- internals ------------------------------------------------------------
     def _check_params(self):
         check_number("beta", self.beta, low=0)
-        for name in ("latent_dim", "n_train_samples", "n_test_samples", "max_epochs",
-                     "batch_size", "conv_width"):
+        for name in ("latent_dim", "n_train_samples", "n_test_samples", "conv_width"):
             check_number(name, getattr(self, name), low=1, integer=True)
-        check_number("lr", self.lr, low=0, low_open=True)
-        check_number("verbose", self.verbose, low=0, integer=True)
+        self._check_training_params()
         hidden = self.hidden_layer_sizes
         if isinstance(hidden, Integral) and not isinstance(hidden, bool):
             hidden = (hidden,)
@@ -369,7 +367,6 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
                 f"{self.hidden_layer_sizes!r}; write e.g. hidden_layer_sizes=(256, 256) "
                 "or () for no hidden layer."
             )
-        resolve_device(self.device)
         return tuple(int(h) for h in hidden)
 
     def _validate(self, X, y=None, *, reset):
