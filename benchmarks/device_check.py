@@ -14,7 +14,10 @@ Prints (and appends to ``--out``) one JSON line per check:
   difference of their transforms: cuDNN need not be bitwise deterministic);
 * ``cim_fit_throughput``: samples/s of ``fit`` (one timed epoch after a warm-up
   epoch) and of ``transform`` at 32/64/128/224 px, batch 256;
-* ``vib_*``: the same for VIBClassifier, when it is installed.
+* ``vib_*``: the same for VIBClassifier;
+* ``*_params_cuda_to_cpu``: ``save_params`` on CUDA (safetensors), ``load_params``
+  in a process that sees no GPU, same outputs;
+* ``*_warm_start_cuda``, ``*_partial_fit_cuda``: continued training on CUDA.
 """
 
 import argparse
@@ -69,6 +72,51 @@ def sync():
         torch.cuda.synchronize()
 
 
+CPU_LOAD_PARAMS = r"""
+import json, sys, numpy as np, torch
+import sklearn_cim
+assert not torch.cuda.is_available()
+est = getattr(sklearn_cim, sys.argv[1])(**json.loads(sys.argv[2])).load_params(sys.argv[3])
+X = np.load(sys.argv[4])
+np.save(sys.argv[5], est.transform(X))
+print(est.device_)
+"""
+
+
+def params_cuda_to_cpu(est, X, tmp, name):
+    path, xin, xout = (os.path.join(tmp, f"{name}.{ext}")
+                       for ext in ("safetensors", "px.npy", "pout.npy"))
+    est.save_params(path)
+    np.save(xin, X)
+    params = {k: v for k, v in est.get_params().items()
+              if isinstance(v, (int, float, str, bool, tuple, type(None)))}
+    params["device"] = "auto"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", CPU_LOAD_PARAMS, type(est).__name__,
+                           json.dumps(params), path, xin, xout], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode:
+        return {"ok": False, "stderr": proc.stderr[-2000:]}
+    return {"ok": True, "device_after_load": proc.stdout.strip().splitlines()[-1],
+            "file_bytes": os.path.getsize(path),
+            "max_abs_diff_vs_cuda": float(np.abs(np.load(xout) - est.transform(X)).max())}
+
+
+def continued_training(make, X, y):
+    est = make().fit(X, y)
+    before = est.transform(X)
+    est.set_params(warm_start=True, max_epochs=2).fit(X, y)
+    warm = {"history_len": len(est.history_), "changed": bool(
+        np.abs(est.transform(X) - before).max() > 0), "device_": est.device_}
+    est = make()
+    half = len(y) // 2
+    est.partial_fit(X[:half], y[:half], classes=np.unique(y))
+    est.partial_fit(X[half:], y[half:])
+    part = {"history_len": len(est.history_), "device_": est.device_,
+            "finite": bool(np.isfinite(est.transform(X)).all())}
+    return warm, part
+
+
 CPU_LOAD = r"""
 import pickle, sys, numpy as np, torch
 assert not torch.cuda.is_available()
@@ -102,6 +150,8 @@ def main():
     parser.add_argument("--tmp", default="/tmp/sklearn_cim_device_check")
     parser.add_argument("--sizes", default="32,64,128,224")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, tiny data")
+    parser.add_argument("--only-persistence", action="store_true",
+                        help="run only the save_params / warm start / partial_fit checks")
     args = parser.parse_args()
     os.makedirs(args.tmp, exist_ok=True)
     emit(args.out, {"check": "versions", **{k: str(v) for k, v in sklearn_cim._show_versions
@@ -111,6 +161,9 @@ def main():
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
     params = dict(distance="lpips-alex", pretrained=False, max_epochs=1 if args.quick else 10,
                   batch_size=256, random_state=0)
+    if args.only_persistence:
+        persistence_checks(args, params, X_tr, y_tr, X_id, flat)
+        return
     t0 = time.time()
     cim = CIMTransformer(**params).fit(X_tr, y_tr)
     sync()
@@ -164,6 +217,25 @@ def main():
                         "history_keys": sorted(k for k in vib.history_[-1] if "train" in k)})
         emit(args.out, {"check": "vib_cuda_to_cpu", **cuda_to_cpu(vib, flat(X_id), args.tmp,
                                                                    "vib")})
+
+
+def persistence_checks(args, params, X_tr, y_tr, X_id, flat):
+    from sklearn_cim import VIBClassifier
+
+    cim = CIMTransformer(**params).fit(X_tr, y_tr)
+    emit(args.out, {"check": "cim_params_cuda_to_cpu",
+                    **params_cuda_to_cpu(cim, X_id, args.tmp, "cim")})
+    vib = VIBClassifier(random_state=0, max_epochs=5).fit(flat(X_tr), y_tr)
+    emit(args.out, {"check": "vib_params_cuda_to_cpu",
+                    **params_cuda_to_cpu(vib, flat(X_id), args.tmp, "vib")})
+    small = {**params, "max_epochs": 2}
+    warm, part = continued_training(lambda: CIMTransformer(**small), X_tr, y_tr)
+    emit(args.out, {"check": "cim_warm_start_cuda", **warm})
+    emit(args.out, {"check": "cim_partial_fit_cuda", **part})
+    warm, part = continued_training(lambda: VIBClassifier(random_state=0, max_epochs=2),
+                                    flat(X_tr), y_tr)
+    emit(args.out, {"check": "vib_warm_start_cuda", **warm})
+    emit(args.out, {"check": "vib_partial_fit_cuda", **part})
 
 
 if __name__ == "__main__":
