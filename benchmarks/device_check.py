@@ -122,8 +122,9 @@ import pickle, sys, numpy as np, torch
 assert not torch.cuda.is_available()
 est = pickle.load(open(sys.argv[1], "rb"))
 X = np.load(sys.argv[2])
-out = est.transform(X) if hasattr(est, "transform") else None
-np.save(sys.argv[3], out)
+np.save(sys.argv[3], est.transform(X))
+if hasattr(est, "predict_proba"):
+    np.save(sys.argv[3] + ".proba.npy", est.predict_proba(X))
 print(est.device_)
 """
 
@@ -139,9 +140,14 @@ def cuda_to_cpu(est, X, tmp, name):
     if proc.returncode:
         return {"ok": False, "stderr": proc.stderr[-2000:]}
     cpu_out = np.load(xout)
-    return {"ok": True, "device_after_load": proc.stdout.strip().splitlines()[-1],
-            "pickle_bytes": os.path.getsize(pkl),
-            "max_abs_diff_vs_cuda": float(np.abs(cpu_out - est.transform(X)).max())}
+    result = {"ok": True, "device_after_load": proc.stdout.strip().splitlines()[-1],
+              "pickle_bytes": os.path.getsize(pkl),
+              "max_abs_diff_vs_cuda": float(np.abs(cpu_out - est.transform(X)).max())}
+    if hasattr(est, "predict_proba"):
+        cpu_proba = np.load(xout + ".proba.npy")
+        result["predict_proba_max_abs_diff_vs_cuda"] = float(
+            np.abs(cpu_proba - est.predict_proba(X)).max())
+    return result
 
 
 def main():
@@ -228,6 +234,8 @@ def persistence_checks(args, params, X_tr, y_tr, X_id, flat):
     vib = VIBClassifier(random_state=0, max_epochs=5).fit(flat(X_tr), y_tr)
     emit(args.out, {"check": "vib_params_cuda_to_cpu",
                     **params_cuda_to_cpu(vib, flat(X_id), args.tmp, "vib")})
+    emit(args.out, {"check": "vib_cuda_to_cpu", **cuda_to_cpu(vib, flat(X_id), args.tmp,
+                                                               "vib")})
     small = {**params, "max_epochs": 2}
     warm, part = continued_training(lambda: CIMTransformer(**small), X_tr, y_tr)
     emit(args.out, {"check": "cim_warm_start_cuda", **warm})

@@ -83,7 +83,7 @@ class CIMNet(TorchNet):
         super().__init__(*args, **kwargs)
         self.objective = objective
 
-    transient_attributes = TorchNet.transient_attributes + ("metric",)
+    transient_attributes = TorchNet.transient_attributes + ("metric", "metric_key")
 
     def on_train_begin(self, net, **kwargs):
         super().on_train_begin(net, **kwargs)
@@ -91,9 +91,10 @@ class CIMNet(TorchNet):
             self.get_metric()  # fail before the first step if the trunk is unavailable
 
     def get_metric(self):
-        if getattr(self, "metric", None) is None:
-            self.metric = make_distance(
-                self.objective.distance, self.objective.pretrained).to(self.device)
+        key = (self.objective.distance, self.objective.pretrained)
+        if getattr(self, "metric", None) is None or getattr(self, "metric_key", None) != key:
+            self.metric = make_distance(*key).to(self.device)
+            self.metric_key = key
         return self.metric
 
     def loss_terms(self, y_pred, y_true, X):
@@ -418,6 +419,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             )
 
     def _fit_images(self, X, y, *, warm, epochs=None, classes=None):
+        with self._all_or_nothing():
+            return self._fit_checked(X, y, warm=warm, epochs=epochs, classes=classes)
+
+    def _fit_checked(self, X, y, *, warm, epochs, classes):
         self._check_params()
         X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape,
                                          reset=not warm)
@@ -433,11 +438,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         min_per_class = 2 if self.triplet_weight > 0 else 1
         self.classes_, y_enc = encode_labels(
             y, classes=self._known_classes(warm, classes), min_per_class=min_per_class)
-        if warm:
-            self.net_.units = units
-        else:
+        if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
-            self.input_range_ = units
+        self.input_range_ = units
         self._train(X, y_enc, warm=warm, epochs=epochs)
         return self
 

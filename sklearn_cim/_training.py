@@ -8,7 +8,8 @@ What it adds to skorch:
   converted to float in [0, 1] as it is drawn;
 * the loss is a weighted sum of named terms (:meth:`TorchNet.loss_terms`);
   each unweighted term is accumulated on the device and its epoch mean is
-  written to ``history`` as ``train_<name>`` (one host sync per epoch);
+  written to ``history`` as ``train_<name>``, read once per epoch (skorch's
+  own ``train_loss`` still reads each batch's loss);
 * seeded training (:func:`fit_net`): module initialisation, batch order and
   any sampling draw from generators seeded by ``random_state``, without
   touching torch's global random state.
@@ -16,6 +17,7 @@ What it adds to skorch:
 
 import json
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -230,8 +232,10 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
             torch.manual_seed(seed)
             if initialize:
                 net.initialize()
+                for name in ("batch_generator", "loss_generator"):
+                    net.__dict__.pop(name, None)  # a retry starts the same streams again
             try:
-                net.partial_fit(X, y, epochs=epochs)
+                net.partial_fit(X, y, epochs=epochs - (len(net.history) - start))
                 break
             except torch.OutOfMemoryError as exc:
                 smaller = net.batch_size // 2
@@ -267,6 +271,21 @@ class TorchEstimatorMixin:
 
     _pixels = True  # integer X holds 8-bit pixels
 
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "net_")
+
+    @contextmanager
+    def _all_or_nothing(self):
+        """Restore the estimator's attributes if the block raises, so that a
+        failed fit or load leaves the previous state (or an unfitted one)."""
+        saved = dict(vars(self))
+        try:
+            yield
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(saved)
+            raise
+
     @property
     def history_(self):
         return self.net_.history_
@@ -291,9 +310,16 @@ class TorchEstimatorMixin:
     def _known_classes(self, warm, classes):
         """Classes y must keep to: the fitted ones when continuing, else the
         ``classes`` of a first ``partial_fit`` (None: taken from y)."""
+        if classes is not None:
+            classes = unique_classes(classes)
         if warm:
+            if classes is not None and not np.array_equal(classes, self.classes_):
+                raise ValueError(
+                    f"classes={classes.tolist()!r} differs from the classes_ "
+                    f"{self.classes_.tolist()!r} of the first call; pass the same "
+                    "classes, or none after the first call.")
             return self.classes_
-        return None if classes is None else unique_classes(classes)
+        return classes
 
     def _new_net(self, seed, device):
         net_class, params = self._net_spec()
@@ -310,12 +336,31 @@ class TorchEstimatorMixin:
             **params,
         )
 
+    def _refresh_net(self, net):
+        """Bring a fitted net up to the current parameters before continuing.
+
+        Training settings and loss parameters follow ``set_params``; the
+        networks' architecture cannot change without a fresh fit.
+        """
+        spec = self._net_spec()[1]
+        changed = sorted(k[len("module__"):] for k, v in spec.items()
+                         if k.startswith("module__") and getattr(net, k) != v)
+        if changed:
+            raise ValueError(
+                f"warm_start / partial_fit cannot change the networks ({', '.join(changed)} "
+                "differ from the fitted model); set them back, or fit from scratch with "
+                "warm_start=False.")
+        for key, value in spec.items():
+            if key != "module" and not key.startswith("module__"):
+                setattr(net, key, value)
+        net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
+        net.set_params(lr=self.lr)
+
     def _train(self, X, y, *, warm=False, epochs=None):
         """Train a new net on (X, y), or continue ``net_`` when ``warm``."""
         if warm:
             net = self.net_
-            net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
-            net.set_params(lr=self.lr)
+            self._refresh_net(net)
             seed = net.seed + len(net.history)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -366,19 +411,20 @@ class TorchEstimatorMixin:
             raise ValueError(
                 f"{path} holds a {meta.get('estimator')}, not a {type(self).__name__}; "
                 "load it with that class.")
-        self._restore_metadata(json.loads(meta["fitted"]))
-        net = self._new_net(int(meta["seed"]), resolve_device(self.device))
-        with torch.random.fork_rng(devices=_rng_devices(net.device)):
-            net.initialize()
-        try:
-            net.module_.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"The weights in {path} do not fit this estimator's networks ({exc}). "
-                "Construct the estimator with the parameters it was saved with."
-            ) from None
-        net.history_.clear()
-        self.net_ = net
+        with self._all_or_nothing():
+            self.__dict__.pop("feature_names_in_", None)
+            self._restore_metadata(json.loads(meta["fitted"]))
+            net = self._new_net(int(meta["seed"]), resolve_device(self.device))
+            with torch.random.fork_rng(devices=_rng_devices(net.device)):
+                net.initialize()
+            try:
+                net.module_.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"The weights in {path} do not fit this estimator's networks ({exc}). "
+                    "Construct the estimator with the parameters it was saved with."
+                ) from None
+            self.net_ = net
         return self
 
 

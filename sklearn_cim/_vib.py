@@ -203,6 +203,8 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     20
     """
 
+    _pixels = False  # features, not 8-bit pixels: integers are kept as values
+
     def __init__(
         self,
         *,
@@ -290,8 +292,9 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         module, dtype = self._inference_module()
         eps = torch.randn(
             (self.n_test_samples, 1, self.net_.module__latent_dim),
-            generator=self.net_.make_generator(_PREDICT_STREAM), device=self.device_,
-        ).to(dtype)
+            # A CPU generator: the same draws whichever device the model is on.
+            generator=torch.Generator().manual_seed(self.net_.seed + _PREDICT_STREAM),
+        ).to(device=self.device_, dtype=dtype)
 
         def proba(xb):
             mu, sigma = module(xb.to(dtype))
@@ -402,6 +405,10 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         return (self.n_features_in_,)
 
     def _fit_features(self, X, y, *, warm, epochs=None, classes=None):
+        with self._all_or_nothing():
+            return self._fit_checked(X, y, warm=warm, epochs=epochs, classes=classes)
+
+    def _fit_checked(self, X, y, *, warm, epochs, classes):
         self._check_params()
         X, y = self._validate(X, y, reset=not warm)
         self.classes_, y_enc = encode_labels(y, classes=self._known_classes(warm, classes))

@@ -128,3 +128,51 @@ def test_partial_fit_adds_one_epoch_per_call(images, tiny, kind):
     assert _output(est, X).shape[0] == 40
     with pytest.raises(ValueError, match="not among the classes"):
         est.partial_fit(X[first], np.array(["a", "c"])[y[first]])
+
+
+def test_failed_fit_keeps_the_previous_model(images, tiny):
+    X, y = images
+    X = X.reshape(40, -1)
+    for est in _estimators(tiny).values():
+        before = _output(est.fit(X, y), X)
+        with pytest.raises(ValueError, match="1 class"):
+            est.fit(X[:, :16], np.zeros(40))
+        assert est.n_features_in_ == 64
+        np.testing.assert_array_equal(_output(est, X), before)
+    from sklearn.exceptions import NotFittedError
+
+    est = CIMTransformer(**tiny)
+    with pytest.raises(ValueError):
+        est.fit(X, np.zeros(40))
+    with pytest.raises(NotFittedError):
+        est.transform(X)
+
+
+def test_warm_start_follows_loss_parameters_but_not_architecture(images, tiny):
+    X, y = images
+    est = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
+    assert "train_mask" not in est.history_[-1]
+    est.set_params(warm_start=True, mask_weight=1.0, triplet_weight=0.0, max_epochs=1)
+    est.fit(X, y)
+    assert "train_mask" in est.history_[-1] and "train_triplet" not in est.history_[-1]
+    est.set_params(tn_width=8)
+    with pytest.raises(ValueError, match=r"cannot change the networks \(tn_width"):
+        est.fit(X, y)
+
+
+def test_partial_fit_rejects_different_classes_later(images, tiny):
+    X, y = images
+    est = VIBClassifier(**VIB_TINY).partial_fit(X.reshape(40, -1), y, classes=[0, 1])
+    with pytest.raises(ValueError, match="differs from the classes_"):
+        est.partial_fit(X.reshape(40, -1), y, classes=[0, 1, 2])
+
+
+def test_vib_integer_images_are_values_not_wrapped_pixels(images):
+    X, _ = images
+    rng = np.random.RandomState(0)
+    Xi = rng.randint(0, 1000, size=(40, 16)).astype(np.int16)
+    y = (Xi.sum(axis=1) > np.median(Xi.sum(axis=1))).astype(int)
+    params = dict(VIB_TINY, image_shape=(1, 4, 4), conv_width=4)
+    from_ints = VIBClassifier(**params).fit(Xi, y).predict_proba(Xi)
+    from_floats = VIBClassifier(**params).fit(Xi.astype(np.float32), y).predict_proba(Xi)
+    np.testing.assert_allclose(from_ints, from_floats, rtol=1e-5, atol=1e-6)

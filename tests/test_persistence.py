@@ -54,10 +54,25 @@ def test_load_params_checks_class_and_architecture(images, tiny, tmp_path):
 def test_loaded_weights_can_keep_training(images, tiny, tmp_path):
     X, y = images
     path = tmp_path / "cim.pt"
-    CIMTransformer(**tiny).fit(X, y).save_params(path)
-    est = CIMTransformer(**{**tiny, "warm_start": True}).load_params(path)
+    trained = CIMTransformer(**{**tiny, "max_epochs": 10, "lr": 1e-2}).fit(X, y)
+    trained.save_params(path)
+    fresh_first_epoch = trained.history_[0, "train_ce"]
+    est = CIMTransformer(**{**tiny, "warm_start": True, "lr": 1e-2}).load_params(path)
     est.fit(X, y)
     assert len(est.history_) == tiny["max_epochs"]
+    # Training went on from the saved weights, not from a new initialisation.
+    assert est.history_[0, "train_ce"] < 0.5 * fresh_first_epoch
+
+
+def test_failed_load_keeps_the_previous_model(images, tiny, tmp_path):
+    X, y = images
+    path = tmp_path / "wide.safetensors"
+    CIMTransformer(**{**tiny, "tn_width": 8}).fit(X, y).save_params(path)
+    est = CIMTransformer(**tiny).fit(X, y)
+    before = est.transform(X)
+    with pytest.raises(ValueError, match="parameters it was saved with"):
+        est.load_params(path)
+    np.testing.assert_array_equal(est.transform(X), before)
 
 
 LOAD_AND_PREDICT = """
