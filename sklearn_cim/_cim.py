@@ -386,6 +386,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         return tags
 
     # -- internals ------------------------------------------------------------
+    _saved_shapes = ("image_shape_", "input_range_")
+
     def _needs_unit_range(self):
         return not (callable(self.distance) or self.distance == "l2")
 
@@ -472,22 +474,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             image_shape=self.image_shape_,
             units=self.input_range_,
         )
-
-    def _fitted_metadata(self):
-        meta = {"classes_": self.classes_.tolist(), "image_shape_": list(self.image_shape_),
-                "n_features_in_": int(self.n_features_in_),
-                "input_range_": list(self.input_range_)}
-        if hasattr(self, "feature_names_in_"):
-            meta["feature_names_in_"] = self.feature_names_in_.tolist()
-        return meta
-
-    def _restore_metadata(self, meta):
-        self.classes_ = np.asarray(meta["classes_"])
-        self.image_shape_ = tuple(meta["image_shape_"])
-        self.n_features_in_ = meta["n_features_in_"]
-        self.input_range_ = tuple(meta["input_range_"])
-        if "feature_names_in_" in meta:
-            self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
 
     def _apply(self, X, what):
         check_is_fitted(self)

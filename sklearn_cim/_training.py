@@ -266,10 +266,11 @@ class TorchEstimatorMixin:
     Expects the parameters ``lr``, ``max_epochs``, ``batch_size``, ``device``,
     ``random_state``, ``verbose``, ``callbacks`` and ``warm_start``, and the
     methods ``_net_spec()`` (the net class and its parameters, from fitted
-    attributes), ``_fitted_metadata()`` and ``_restore_metadata(meta)``.
+    attributes) and the class attribute ``_saved_shapes``.
     """
 
     _pixels = True  # integer X holds 8-bit pixels
+    _saved_shapes = ()  # fitted tuple (or None) attributes saved with the weights
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "net_")
@@ -371,6 +372,23 @@ class TorchEstimatorMixin:
         return self.net_
 
     # -- weights-only persistence ----------------------------------------------
+    def _fitted_metadata(self):
+        meta = {"classes_": self.classes_.tolist(), "n_features_in_": int(self.n_features_in_)}
+        for name in self._saved_shapes:
+            value = getattr(self, name)
+            meta[name] = None if value is None else list(value)
+        if hasattr(self, "feature_names_in_"):
+            meta["feature_names_in_"] = self.feature_names_in_.tolist()
+        return meta
+
+    def _restore_metadata(self, meta):
+        self.classes_ = np.asarray(meta["classes_"])
+        self.n_features_in_ = meta["n_features_in_"]
+        for name in self._saved_shapes:
+            setattr(self, name, None if meta[name] is None else tuple(meta[name]))
+        if "feature_names_in_" in meta:
+            self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
+
     def save_params(self, path):
         """Save the fitted weights and what is needed to rebuild them.
 

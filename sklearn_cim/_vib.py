@@ -204,6 +204,7 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     """
 
     _pixels = False  # features, not 8-bit pixels: integers are kept as values
+    _saved_shapes = ("image_shape_",)
 
     def __init__(
         self,
@@ -430,21 +431,6 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
             image_shape=in_shape,
             units=(0.0, 1.0),
         )
-
-    def _fitted_metadata(self):
-        meta = {"classes_": self.classes_.tolist(), "n_features_in_": int(self.n_features_in_),
-                "image_shape_": None if self.image_shape_ is None else list(self.image_shape_)}
-        if hasattr(self, "feature_names_in_"):
-            meta["feature_names_in_"] = self.feature_names_in_.tolist()
-        return meta
-
-    def _restore_metadata(self, meta):
-        self.classes_ = np.asarray(meta["classes_"])
-        self.n_features_in_ = meta["n_features_in_"]
-        shape = meta["image_shape_"]
-        self.image_shape_ = None if shape is None else tuple(shape)
-        if "feature_names_in_" in meta:
-            self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
 
     def _inference_module(self):
         """The fitted module in eval mode, and the dtype to run it in.

@@ -95,3 +95,15 @@ def test_pipeline_pickled_in_one_process_predicts_identically_in_another(images,
                         str(tmp_path / "X.npy"), str(tmp_path / "out.npy")], check=True,
                        timeout=300)
         np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), pipe.predict_proba(X))
+
+
+def test_saved_params_keep_feature_names(images, tiny, tmp_path):
+    import pandas as pd
+
+    X, y = images
+    df = pd.DataFrame(X.reshape(40, -1), columns=[f"px{i}" for i in range(64)])
+    est = CIMTransformer(**tiny).fit(df, y)
+    est.save_params(tmp_path / "cim.safetensors")
+    loaded = CIMTransformer(**tiny).load_params(tmp_path / "cim.safetensors")
+    assert list(loaded.get_feature_names_out()) == list(df.columns)
+    np.testing.assert_array_equal(loaded.transform(df), est.transform(df))
