@@ -1,0 +1,154 @@
+"""Group-wise accuracy: per-group, worst-group, and a worst-group scorer."""
+
+import numpy as np
+from sklearn import get_config
+from sklearn.metrics import accuracy_score, make_scorer
+from sklearn.utils import check_consistent_length, column_or_1d
+
+__all__ = ["group_accuracies", "worst_group_accuracy", "make_worst_group_scorer"]
+
+
+def _as_groups(groups):
+    """1-D array of group labels; rows of a 2-D input become tuples."""
+    arr = np.asarray(groups)
+    if arr.ndim == 2:
+        rows = np.empty(len(arr), dtype=object)
+        rows[:] = [tuple(row) for row in np.asarray(groups, dtype=object).tolist()]
+        return rows
+    return column_or_1d(arr, warn=False)
+
+
+def _group_codes(groups):
+    """Sorted distinct groups (as Python objects) and each sample's index into them."""
+    try:
+        uniques, codes = np.unique(groups, return_inverse=True)
+    except TypeError:  # groups of types that cannot be compared with each other
+        uniques = sorted(set(groups), key=lambda g: (type(g).__name__, repr(g)))
+        position = {g: i for i, g in enumerate(uniques)}
+        codes = np.array([position[g] for g in groups])
+    uniques = [g.item() if isinstance(g, np.generic) else g for g in uniques]
+    return uniques, np.ravel(codes)
+
+
+def group_accuracies(y_true, y_pred, groups):
+    """Accuracy within each group.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True labels (any type scikit-learn's ``accuracy_score`` accepts).
+    y_pred : array-like of shape (n_samples,)
+        Predicted labels.
+    groups : array-like of shape (n_samples,) or (n_samples, k)
+        Group of each sample, of any hashable type (ints, strings, ...); rows of
+        a 2-D array become tuples, e.g. ``(class, nuisance)``.
+
+    Returns
+    -------
+    accuracies : dict
+        ``{group: accuracy}`` for each group present, in sorted group order;
+        accuracies are Python floats.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are empty or of different lengths.
+
+    Examples
+    --------
+    >>> from sklearn_cim.metrics import group_accuracies
+    >>> group_accuracies([0, 1, 1, 0], [0, 1, 0, 0], groups=["a", "a", "b", "b"])
+    {'a': 1.0, 'b': 0.5}
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    groups = _as_groups(groups)
+    check_consistent_length(y_true, y_pred, groups)
+    if len(groups) == 0:
+        raise ValueError("group_accuracies needs at least one sample; got empty inputs.")
+    accuracy_score(y_true, y_pred)  # checks that the labels are comparable classes
+    correct = column_or_1d(y_true) == column_or_1d(y_pred)
+    uniques, codes = _group_codes(groups)
+    hits = np.bincount(codes, weights=correct, minlength=len(uniques))
+    sizes = np.bincount(codes, minlength=len(uniques))
+    return {g: float(h / n) for g, h, n in zip(uniques, hits, sizes)}
+
+
+def worst_group_accuracy(y_true, y_pred, groups):
+    """Lowest accuracy over the groups present.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+    y_pred : array-like of shape (n_samples,)
+    groups : array-like of shape (n_samples,) or (n_samples, k)
+        See :func:`group_accuracies`.
+
+    Returns
+    -------
+    accuracy : float
+
+    Examples
+    --------
+    >>> from sklearn_cim.metrics import worst_group_accuracy
+    >>> worst_group_accuracy([0, 1, 1, 0], [0, 1, 0, 0], groups=[0, 0, 1, 1])
+    0.5
+    """
+    return min(group_accuracies(y_true, y_pred, groups).values())
+
+
+def _routed_worst_group_accuracy(y_true, y_pred, groups=None):
+    if groups is None:
+        raise ValueError(
+            "The worst-group scorer received no groups. Enable metadata routing with "
+            "sklearn.set_config(enable_metadata_routing=True) and pass them to fit, "
+            "e.g. GridSearchCV(...).fit(X, y, groups=groups)."
+        )
+    return worst_group_accuracy(y_true, y_pred, groups)
+
+
+def make_worst_group_scorer():
+    """A scorer of worst-group accuracy that gets ``groups`` by metadata routing.
+
+    Use it as ``scoring`` of :class:`~sklearn.model_selection.GridSearchCV`,
+    :func:`~sklearn.model_selection.cross_validate` and friends, and pass the
+    groups to their ``fit`` (or ``params``): each test fold is scored with the
+    groups of its samples. Requires scikit-learn's metadata routing, enabled
+    globally with ``sklearn.set_config(enable_metadata_routing=True)`` or in a
+    ``with sklearn.config_context(enable_metadata_routing=True):`` block, both
+    when the scorer is made and when it is used.
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y, groups=groups)``; greater is better.
+
+    Raises
+    ------
+    RuntimeError
+        If metadata routing is not enabled.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sklearn
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.model_selection import GridSearchCV
+    >>> from sklearn_cim.metrics import make_worst_group_scorer
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(60, 4), np.tile([0, 1], 30)
+    >>> groups = rng.randint(0, 3, 60)
+    >>> with sklearn.config_context(enable_metadata_routing=True):
+    ...     search = GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=3,
+    ...                           scoring=make_worst_group_scorer())
+    ...     search = search.fit(X, y, groups=groups)
+    >>> sorted(search.best_params_)
+    ['C']
+    """
+    if not get_config()["enable_metadata_routing"]:
+        raise RuntimeError(
+            "make_worst_group_scorer needs scikit-learn's metadata routing to receive the "
+            "groups: call sklearn.set_config(enable_metadata_routing=True) first, or work "
+            "inside `with sklearn.config_context(enable_metadata_routing=True):`."
+        )
+    return make_scorer(_routed_worst_group_accuracy).set_score_request(groups=True)
