@@ -11,7 +11,13 @@ from torch import nn
 
 from ._distances import DISTANCES, LPIPS_TRUNKS, make_distance
 from ._networks import ConvClassifier, MaskNet
-from ._training import TorchEstimatorMixin, TorchNet, batched_apply
+from ._training import (
+    PRECISIONS,
+    TorchEstimatorMixin,
+    TorchNet,
+    batched_apply,
+    resolve_precision,
+)
 from ._triplet import MININGS, mine_triplets, triplet_loss
 from ._validation import (
     check_choice,
@@ -23,8 +29,11 @@ from ._validation import (
 )
 from ._vib import VIBModule, gaussian_kl
 
-# Activation budget (elements) of one transform chunk: chunk * H * W * tn_width.
+# Activation budget (elements) of one transform chunk: chunk * H * W * tn_width,
+# on CPU and on CUDA (where large chunks keep the GPU busy; an out-of-memory
+# error halves the chunk).
 _TRANSFORM_BUDGET = 2 ** 25
+_TRANSFORM_BUDGET_CUDA = 2 ** 28
 
 
 HEADS = ("cnn", "vib")
@@ -94,6 +103,8 @@ class CIMNet(TorchNet):
         key = (self.objective.distance, self.objective.pretrained)
         if getattr(self, "metric", None) is None or getattr(self, "metric_key", None) != key:
             self.metric = make_distance(*key).to(self.device)
+            if self.channels_last:
+                self.metric.use_channels_last()
             self.metric_key = key
         return self.metric
 
@@ -217,6 +228,20 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
         ``"cuda:N"``.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Arithmetic of the networks and the distance in ``fit`` and ``transform``:
+        ``"bfloat16"`` runs them under bf16 autocast (losses, masks' product
+        with X and outputs stay float32). ``"auto"``: bf16 on CUDA, float32 on
+        CPU. bf16 changes masks by up to about 1e-2.
+    compile : bool or dict, default=False
+        ``torch.compile`` the training forward (mask net and head); a dict is
+        passed to ``torch.compile`` as keyword arguments, e.g.
+        ``{"mode": "reduce-overhead"}`` for CUDA graphs. It pays on GPUs for
+        long fits; the first epoch pays the compilation.
+    keep_optimizer_state : bool, default=False
+        Keep the optimizer's state (Adam moments) in pickles, so that a warm
+        start after unpickling continues exactly. Off, pickles are about three
+        times smaller and a warm start after unpickling starts a fresh Adam.
     random_state : int, RandomState instance or None, default=None
         Seeds network initialisation, batch order and random mining. On CPU,
         equal seeds give bitwise-equal transforms.
@@ -288,6 +313,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         batch_size=128,
         lr=1e-3,
         device="auto",
+        precision="auto",
+        compile=False,
+        keep_optimizer_state=False,
         random_state=None,
         verbose=0,
         callbacks=None,
@@ -313,6 +341,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.batch_size = batch_size
         self.lr = lr
         self.device = device
+        self.precision = precision
+        self.compile = compile
+        self.keep_optimizer_state = keep_optimizer_state
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
@@ -396,6 +427,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             check_choice("distance", self.distance, DISTANCES)
         check_choice("mining", self.mining, MININGS)
         check_choice("head", self.head, HEADS)
+        check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.compile, (bool, np.bool_, dict)):
+            raise TypeError(
+                f"compile must be True, False or a dict of torch.compile arguments, got "
+                f"{self.compile!r}.")
         for name in ("classifier_weight", "triplet_weight", "mask_weight", "margin",
                      "head_beta"):
             check_number(name, getattr(self, name), low=0)
@@ -475,22 +511,36 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             units=self.input_range_,
         )
 
+    def _fast_path(self, device):
+        if self.compile is False:
+            options = None
+        else:
+            options = {} if self.compile is True else dict(self.compile)
+        return dict(precision=resolve_precision(self.precision, device),
+                    channels_last=torch.device(device).type == "cuda",
+                    compile_options=options)
+
     def _apply(self, X, what):
         check_is_fitted(self)
         X, _, shape, was_4d = validate_images(self, X, reset=False)
         units = value_scale(X, check_data_range(self.data_range))
-        module = self.net_.module_
+        net = self.net_
+        module = net.module_
         module.eval()
         c, h, w = shape
-        chunk = max(1, _TRANSFORM_BUDGET // (h * w * self.tn_width))
+        cuda = torch.device(self.device_).type == "cuda"
+        budget = _TRANSFORM_BUDGET_CUDA if cuda else _TRANSFORM_BUDGET
+        chunk = max(1, budget // (h * w * self.tn_width))
         low, high = units
+        precision = resolve_precision(self.precision, self.device_)
 
         def psi(u):
-            return low + (high - low) * (module.mask_net(u) * u)
+            # The product with X in float32: only the mask carries bf16 rounding.
+            return low + (high - low) * (module.mask_net(u).float() * u)
 
         fn = psi if what == "psi" else module.mask_net
-        outs = batched_apply(fn, X, units=units, image_shape=shape,
-                             device=self.device_, chunk=chunk)
+        outs = batched_apply(fn, X, units=units, image_shape=shape, device=self.device_,
+                             chunk=chunk, channels_last=cuda, precision=precision)
         out = torch.cat(outs).numpy() if outs else np.empty((0,) + tuple(shape), np.float32)
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
         out = out.astype(dtype, copy=False)

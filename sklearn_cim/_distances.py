@@ -61,6 +61,10 @@ class Distance:
     def to(self, device):
         return self
 
+    def use_channels_last(self):
+        """Keep any weights in channels_last memory format (faster on CUDA)."""
+        return self
+
     def embed(self, x):
         return [x]
 
@@ -234,6 +238,10 @@ class LPIPSDistance(Distance):
     def to(self, device):
         self.model.to(device)
         self.weights = [w.to(device) for w in self.weights]
+        return self
+
+    def use_channels_last(self):
+        self.model.to(memory_format=torch.channels_last)
         return self
 
     def embed(self, x):

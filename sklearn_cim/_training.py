@@ -8,8 +8,11 @@ What it adds to skorch:
   converted to float in [0, 1] as it is drawn;
 * the loss is a weighted sum of named terms (:meth:`TorchNet.loss_terms`);
   each unweighted term is accumulated on the device and its epoch mean is
-  written to ``history`` as ``train_<name>``, read once per epoch (skorch's
-  own ``train_loss`` still reads each batch's loss);
+  written to ``history`` as ``train_<name>``; batch losses too are read from
+  the device once per epoch, so a training step never waits for the device;
+* an optional fast path (:class:`TorchNet` parameters): bf16 autocast,
+  channels_last memory format and a ``torch.compile``-d training forward;
+  the fitted pickle leaves the optimizer state out unless asked;
 * seeded training (:func:`fit_net`): module initialisation, batch order and
   any sampling draw from generators seeded by ``random_state``, without
   touching torch's global random state.
@@ -78,6 +81,30 @@ def to_unit(xb, units):
     return xb
 
 
+def as_images(xb, image_shape, channels_last=False):
+    """View 2-D unit-range rows as ``(B, C, H, W)`` images."""
+    xb = xb.view(-1, *image_shape)
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision, device):
+    """``"auto"``: bf16 autocast on CUDA, float32 elsewhere."""
+    if precision == "auto":
+        return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    return precision
+
+
+def autocast(device, precision):
+    """Autocast context for ``precision`` ("float32" disables it)."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                          enabled=precision == "bfloat16")
+
+
 class IndexBatches:
     """Mini-batches ``(X[idx], y[idx])`` of tensors already on the device.
 
@@ -86,13 +113,15 @@ class IndexBatches:
     ``generator``.
     """
 
-    def __init__(self, X, y, *, batch_size, image_shape, units, shuffle, generator):
+    def __init__(self, X, y, *, batch_size, image_shape, units, shuffle, generator,
+                 channels_last=False):
         self.X, self.y = X, y
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
         self.units = units
         self.shuffle = shuffle
         self.generator = generator
+        self.channels_last = channels_last
 
     def __len__(self):
         return -(-len(self.X) // self.batch_size)
@@ -105,7 +134,8 @@ class IndexBatches:
             order = torch.arange(n, device=self.X.device)
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            xb = to_unit(self.X[idx], self.units).view(-1, *self.image_shape)
+            xb = as_images(to_unit(self.X[idx], self.units), self.image_shape,
+                           self.channels_last)
             yield xb, (None if self.y is None else self.y[idx])
 
 
@@ -118,19 +148,35 @@ class TorchNet(NeuralNet):
     Extra parameters: ``image_shape`` and ``units`` (the raw value range,
     mapped to [0, 1] per batch) describe the stored data, ``seed`` seeds the
     batch order and any draws a subclass makes with :attr:`generator`.
+    The fast path: ``precision`` ("float32" or "bfloat16" autocast of forward
+    and loss), ``channels_last`` (module, batches and subclass metrics in
+    channels_last memory format), ``compile_options`` (None, or keyword
+    arguments of ``torch.compile`` for the training forward; the compiled
+    wrapper is transient, ``module_`` stays the plain module) and
+    ``keep_optimizer_state`` (pickle the optimizer's state; otherwise a fresh
+    optimizer is made on unpickling).
     """
 
-    def __init__(self, *args, image_shape=None, units=(0.0, 1.0), seed=0, **kwargs):
+    def __init__(self, *args, image_shape=None, units=(0.0, 1.0), seed=0,
+                 precision="float32", channels_last=False, compile_options=None,
+                 keep_optimizer_state=False, **kwargs):
         kwargs.setdefault("train_split", None)
         kwargs.setdefault("predict_nonlinearity", None)
         super().__init__(*args, **kwargs)
         self.image_shape = image_shape
         self.units = units
         self.seed = seed
+        self.precision = precision
+        self.channels_last = channels_last
+        self.compile_options = compile_options
+        self.keep_optimizer_state = keep_optimizer_state
 
     # -- data -----------------------------------------------------------------
     def make_generator(self, offset):
-        return torch.Generator(device=self.device).manual_seed(self.seed + offset)
+        """A generator seeded by ``seed``, ``offset`` (< 16) and the epochs done,
+        so that continuing a model (in memory or unpickled) draws the same."""
+        seed = self.seed + offset + 16 * len(self.history)
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def get_iterator(self, dataset, training=False):
         if not training:
@@ -140,8 +186,54 @@ class TorchNet(NeuralNet):
         return IndexBatches(
             dataset.X, dataset.y, batch_size=self.batch_size,
             image_shape=self.image_shape, units=self.units, shuffle=True,
-            generator=self.batch_generator,
+            generator=self.batch_generator, channels_last=self.channels_last,
         )
+
+    # -- the training step ----------------------------------------------------
+    def initialize_module(self):
+        super().initialize_module()
+        self.__dict__.pop("step_module", None)
+        if self.channels_last:
+            self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def infer(self, x, **fit_params):
+        """Forward pass; in training, through the compiled module if asked."""
+        module = self.module_
+        if self.compile_options is not None and module.training:
+            if self.__dict__.get("step_module") is None:
+                # set past skorch's attribute hooks: not a registered module
+                self.__dict__["step_module"] = torch.compile(module, **self.compile_options)
+            module = self.__dict__["step_module"]
+        return module(x, **fit_params)
+
+    def train_step_single(self, batch, **fit_params):
+        # skorch's step, with forward and loss under autocast (backward outside).
+        self._set_training(True)
+        Xi, yi = batch
+        with autocast(self.device, self.precision):
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        # skorch's loop, except that batch losses stay on the device until the
+        # epoch ends and are then written to the history in one read.
+        if iterator is None:
+            return
+        losses = []
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            losses.append(step["loss"].detach())
+            self.history.record_batch(prefix + "_batch_size", len(batch[0]))
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+        if losses:
+            records = self.history[-1]["batches"][-len(losses):]
+            for record, value in zip(records, torch.stack(losses).float().tolist()):
+                record[prefix + "_loss"] = value
+        self.history.record(prefix + "_batch_count", len(losses))
 
     @property
     def generator(self):
@@ -190,13 +282,27 @@ class TorchNet(NeuralNet):
     # -- persistence ----------------------------------------------------------
     transient_attributes = (
         "batch_generator", "loss_generator", "epoch_term_sums", "epoch_term_count",
+        "step_module",
     )
 
     def __getstate__(self):
-        state = super().__getstate__()
+        # Leave the optimizer out of skorch's pickled blob unless asked.
+        optimizer = None
+        if not getattr(self, "keep_optimizer_state", True):
+            optimizer = self.__dict__.pop("optimizer_", None)
+        try:
+            state = super().__getstate__()
+        finally:
+            if optimizer is not None:
+                self.optimizer_ = optimizer
         for name in self.transient_attributes:
             state.pop(name, None)
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if getattr(self, "initialized_", False) and "optimizer_" not in self.__dict__:
+            self.initialize_optimizer()
 
 
 def default_callbacks(verbose, callbacks):
@@ -232,8 +338,9 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
             torch.manual_seed(seed)
             if initialize:
                 net.initialize()
-                for name in ("batch_generator", "loss_generator"):
-                    net.__dict__.pop(name, None)  # a retry starts the same streams again
+            for name in ("batch_generator", "loss_generator"):
+                # a retry, or a continuation, starts the streams its seed gives
+                net.__dict__.pop(name, None)
             try:
                 net.partial_fit(X, y, epochs=epochs - (len(net.history) - start))
                 break
@@ -264,7 +371,8 @@ class TorchEstimatorMixin:
     """What the estimators share about the skorch net they fit (``net_``).
 
     Expects the parameters ``lr``, ``max_epochs``, ``batch_size``, ``device``,
-    ``random_state``, ``verbose``, ``callbacks`` and ``warm_start``, and the
+    ``random_state``, ``verbose``, ``callbacks``, ``warm_start`` and
+    ``keep_optimizer_state``, and the
     methods ``_net_spec()`` (the net class and its parameters, from fitted
     attributes) and the class attribute ``_saved_shapes``.
     """
@@ -301,8 +409,9 @@ class TorchEstimatorMixin:
         check_number("batch_size", self.batch_size, low=min_batch_size, integer=True)
         check_number("lr", self.lr, low=0, low_open=True)
         check_number("verbose", self.verbose, low=0, integer=True)
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}.")
+        for name in ("warm_start", "keep_optimizer_state"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         resolve_device(self.device)
 
     def _continues(self):
@@ -334,8 +443,16 @@ class TorchEstimatorMixin:
             verbose=self.verbose,
             callbacks=default_callbacks(self.verbose, self.callbacks),
             seed=seed,
+            optimizer__fused=True,
+            keep_optimizer_state=bool(self.keep_optimizer_state),
+            **self._fast_path(device),
             **params,
         )
+
+    def _fast_path(self, device):
+        """TorchNet fast-path settings (precision, channels_last,
+        compile_options) for ``device``; none by default."""
+        return {}
 
     def _refresh_net(self, net):
         """Bring a fitted net up to the current parameters before continuing.
@@ -354,6 +471,11 @@ class TorchEstimatorMixin:
         for key, value in spec.items():
             if key != "module" and not key.startswith("module__"):
                 setattr(net, key, value)
+        for key, value in self._fast_path(net.device).items():
+            if key == "compile_options" and value != net.compile_options:
+                net.__dict__.pop("step_module", None)
+            setattr(net, key, value)
+        net.keep_optimizer_state = bool(self.keep_optimizer_state)
         net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
         net.set_params(lr=self.lr)
 
@@ -447,14 +569,29 @@ class TorchEstimatorMixin:
 
 
 @torch.no_grad()
-def batched_apply(fn, X, *, units, image_shape, device, chunk, pixels=True):
+def batched_apply(fn, X, *, units, image_shape, device, chunk, pixels=True,
+                  channels_last=False, precision="float32"):
     """Apply ``fn`` (unit-range images -> tensor) to a 2-D array in chunks.
 
-    Returns a list of CPU tensors, one per chunk. Nothing is tracked by autograd.
+    Returns a list of float32 CPU tensors, one per chunk. Nothing is tracked by
+    autograd; ``fn`` runs under ``precision``'s autocast. On an out-of-memory
+    error the chunk is halved and the chunk retried (down to one row).
     """
     outs = []
-    for start in range(0, len(X), chunk):
-        xb = as_device_tensor(X[start:start + chunk], device, pixels=pixels)
-        xb = to_unit(xb, units).view(-1, *image_shape)
-        outs.append(fn(xb).float().cpu())
+    start = 0
+    while start < len(X):
+        try:
+            xb = as_device_tensor(X[start:start + chunk], device, pixels=pixels)
+            xb = as_images(to_unit(xb, units), image_shape, channels_last)
+            with autocast(device, precision):
+                out = fn(xb)
+            outs.append(out.float().cpu())
+        except torch.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start += len(xb)
     return outs

@@ -60,11 +60,11 @@ def test_history_records_each_term_per_epoch(images, tiny):
 def test_triplet_term_is_optimised(images, tiny, distance, mining, pair_transform):
     X, y = images
     params = {**tiny, "distance": distance, "pretrained": False, "classifier_weight": 0.0,
-              "max_epochs": 8, "lr": 3e-3, "batch_size": 40, "margin": 0.5,
+              "max_epochs": 16, "lr": 1e-2, "batch_size": 40, "margin": 0.5,
               "mining": mining, "pair_transform": pair_transform}
     cim = CIMTransformer(**params).fit(X, y)
-    losses = cim.history_[:, "train_triplet"]
-    assert losses[-1] < losses[0]
+    losses = np.array(cim.history_[:, "train_triplet"])
+    assert losses[-3:].mean() < losses[:3].mean()  # random mining redraws: compare means
 
 
 def test_classifier_head_learns(images, tiny):

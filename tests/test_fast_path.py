@@ -1,0 +1,185 @@
+"""The fast paths give the same results as the straightforward ones.
+
+bf16 autocast, channels_last, the compiled training forward, the once-per-epoch
+loss read, chunked transform with out-of-memory halving and optimizer-free
+pickles. Speed itself is measured in benchmarks/bench_fit.py, never here.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import sklearn_cim._training as training
+from sklearn_cim import CIMTransformer, VIBClassifier
+
+
+def _rgb(n=48, side=8, seed=0):
+    rng = np.random.RandomState(seed)
+    y = np.arange(n) % 3
+    X = rng.rand(n, 3, side, side).astype(np.float32) * 0.6
+    X[:, y % 3] += 0.3 * (y[:, None, None] > 0)  # a class signal in one channel
+    return X.clip(0, 1), y
+
+
+def test_bf16_transform_is_close_to_float32(tiny):
+    X, y = _rgb()
+    cim = CIMTransformer(**tiny, precision="float32").fit(X, y)
+    psi32, m32 = cim.transform(X), cim.masks(X)
+    cim.set_params(precision="bfloat16")
+    psi16, m16 = cim.transform(X), cim.masks(X)
+    assert psi16.dtype == np.float32
+    assert not np.array_equal(m16, m32)  # autocast really ran
+    np.testing.assert_allclose(m16, m32, atol=2e-2)
+    np.testing.assert_allclose(psi16, psi32, atol=2e-2)
+    # psi is the bf16 mask times X in float32
+    np.testing.assert_allclose(psi16, m16 * X, atol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["l2", "lpips-alex"])
+def test_bf16_training_step_matches_float32(distance):
+    X, y = _rgb(side=8)
+    params = dict(distance=distance, pretrained=False, max_epochs=1, batch_size=48,
+                  tn_width=4, tn_depth=1, head_width=4, device="cpu", random_state=0)
+    runs = {p: CIMTransformer(**params, precision=p).fit(X, y)
+            for p in ("float32", "bfloat16")}
+    h32, h16 = (runs[p].history_[-1] for p in ("float32", "bfloat16"))
+    for key in ("train_loss", "train_ce", "train_triplet"):
+        assert h16[key] == pytest.approx(h32[key], rel=3e-2, abs=3e-3), key
+    np.testing.assert_allclose(runs["bfloat16"].transform(X), runs["float32"].transform(X),
+                               atol=3e-2)
+
+
+def test_auto_precision_is_float32_on_cpu():
+    assert training.resolve_precision("auto", "cpu") == "float32"
+    assert training.resolve_precision("auto", "cuda") == "bfloat16"
+    assert training.resolve_precision("float32", "cuda") == "float32"
+
+
+def test_channels_last_gives_the_same_model(tiny, monkeypatch):
+    X, y = _rgb()
+    plain = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
+    fast_path = CIMTransformer._fast_path
+    monkeypatch.setattr(CIMTransformer, "_fast_path",
+                        lambda self, device: {**fast_path(self, device),
+                                              "channels_last": True})
+    cl = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
+    assert cl.net_.channels_last
+    conv = next(m for m in cl.net_.module_.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(cl.history_[:, "train_loss"], plain.history_[:, "train_loss"],
+                               rtol=1e-4)
+    np.testing.assert_allclose(cl.transform(X), plain.transform(X), atol=1e-4)
+
+
+def test_compiled_forward_gives_the_same_model_and_pickles(tiny):
+    X, y = _rgb()
+    plain = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
+    comp = CIMTransformer(**{**tiny, "max_epochs": 2}, compile={"backend": "eager"}).fit(X, y)
+    assert comp.net_.step_module is not None  # the compiled wrapper trained the model
+    np.testing.assert_allclose(comp.history_[:, "train_loss"], plain.history_[:, "train_loss"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(comp.transform(X), plain.transform(X), atol=1e-5)
+    back = pickle.loads(pickle.dumps(comp))
+    assert "step_module" not in vars(back.net_)
+    np.testing.assert_array_equal(back.transform(X), comp.transform(X))
+    # saved weights carry no compile prefixes
+    assert not any("_orig_mod" in k for k in comp.net_.module_.state_dict())
+
+
+def _count_host_reads(monkeypatch):
+    """Count tensor -> Python reads (each is a host synchronisation on CUDA)."""
+    counts = {"n": 0}
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            counts["n"] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("estimator", ["cim", "vib"])
+def test_host_reads_do_not_grow_with_the_number_of_batches(estimator, monkeypatch):
+    X, y = _rgb(n=96)
+    reads = {}
+    for batch_size in (48, 8):  # 2 and 12 batches per epoch
+        if estimator == "cim":
+            est = CIMTransformer(distance="lpips-alex", pretrained=False, mining="hard",
+                                 max_epochs=2, batch_size=batch_size, tn_width=4, tn_depth=1,
+                                 head_width=4, device="cpu", random_state=0)
+        else:
+            est = VIBClassifier(latent_dim=4, hidden_layer_sizes=(8,), max_epochs=2,
+                                batch_size=batch_size, device="cpu", random_state=0)
+        counts = _count_host_reads(monkeypatch)
+        est.fit(X.reshape(len(X), -1), y)
+        monkeypatch.undo()
+        reads[batch_size] = counts["n"]
+        batches = est.history_[-1, "batches"]
+        assert len(batches) == 96 // batch_size
+        assert all(np.isfinite(b["train_loss"]) for b in batches)
+        sizes = np.array([b["train_batch_size"] for b in batches])
+        losses = np.array([b["train_loss"] for b in batches])
+        assert est.history_[-1, "train_loss"] == pytest.approx(
+            (sizes * losses).sum() / sizes.sum(), rel=1e-6)
+    assert reads[8] == reads[48], reads
+
+
+def test_transform_halves_its_chunk_on_out_of_memory(tiny, monkeypatch):
+    X, y = _rgb(n=30)
+    cim = CIMTransformer(**tiny).fit(X, y)
+    expected = cim.transform(X)
+    mask_net = cim.net_.module_.mask_net
+    forward = mask_net.forward
+    seen = []
+
+    def limited(x):
+        seen.append(len(x))
+        if len(x) > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return forward(x)
+
+    monkeypatch.setattr(mask_net, "forward", limited)
+    np.testing.assert_allclose(cim.transform(X), expected, atol=1e-6)
+    assert max(n for n in seen if n <= 4) == 4 and seen[0] == 30
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CIMTransformer(distance="l2", max_epochs=2, batch_size=16, tn_width=4,
+                           tn_depth=1, head_width=4, device="cpu", random_state=0),
+    lambda: VIBClassifier(latent_dim=8, hidden_layer_sizes=(64,), max_epochs=2,
+                          batch_size=16, device="cpu", random_state=0),
+], ids=["cim", "vib"])
+def test_pickles_leave_the_optimizer_state_out_unless_asked(make):
+    X, y = _rgb()
+    X = X.reshape(len(X), -1)
+    lean = make().fit(X, y)
+    full = make().set_params(keep_optimizer_state=True).fit(X, y)
+    lean_bytes, full_bytes = pickle.dumps(lean), pickle.dumps(full)
+    assert len(lean_bytes) < 0.6 * len(full_bytes)
+    lean_back, full_back = pickle.loads(lean_bytes), pickle.loads(full_bytes)
+    assert len(full_back.net_.optimizer_.state) > 0  # Adam moments came back
+    assert len(lean_back.net_.optimizer_.state) == 0  # a fresh Adam
+    # both predict as before and can continue training
+    out = "transform" if hasattr(lean, "transform") else "predict_proba"
+    np.testing.assert_array_equal(getattr(lean_back, out)(X), getattr(lean, out)(X))
+    lean_back.set_params(warm_start=True).fit(X, y)
+    assert len(lean_back.history_) == 4
+    # with the state kept, continuing after unpickling equals continuing in memory
+    full.set_params(warm_start=True).fit(X, y)
+    full_back.set_params(warm_start=True).fit(X, y)
+    np.testing.assert_array_equal(getattr(full_back, out)(X), getattr(full, out)(X))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"precision": "fp16"}, r"precision.*'auto', 'float32', 'bfloat16'"),
+    ({"compile": "yes"}, r"compile must be True, False or a dict"),
+    ({"keep_optimizer_state": 1}, r"keep_optimizer_state must be True or False"),
+])
+def test_fast_path_parameters_are_checked(tiny, params, match):
+    X, y = _rgb()
+    with pytest.raises((ValueError, TypeError), match=match):
+        CIMTransformer(**tiny, **params).fit(X, y)
