@@ -516,9 +516,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             options = None
         else:
             options = {} if self.compile is True else dict(self.compile)
+        # channels_last pays on CUDA and on CPU (1.6x faster mask net on 2 cores)
         return dict(precision=resolve_precision(self.precision, device),
-                    channels_last=torch.device(device).type == "cuda",
-                    compile_options=options)
+                    channels_last=True, compile_options=options)
 
     def _apply(self, X, what):
         check_is_fitted(self)
@@ -540,7 +540,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
 
         fn = psi if what == "psi" else module.mask_net
         outs = batched_apply(fn, X, units=units, image_shape=shape, device=self.device_,
-                             chunk=chunk, channels_last=cuda, precision=precision)
+                             chunk=chunk, channels_last=net.channels_last,
+                             precision=precision)
         out = torch.cat(outs).numpy() if outs else np.empty((0,) + tuple(shape), np.float32)
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
         out = out.astype(dtype, copy=False)

@@ -59,12 +59,13 @@ def test_auto_precision_is_float32_on_cpu():
 
 def test_channels_last_gives_the_same_model(tiny, monkeypatch):
     X, y = _rgb()
-    plain = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
+    cl = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
     fast_path = CIMTransformer._fast_path
     monkeypatch.setattr(CIMTransformer, "_fast_path",
                         lambda self, device: {**fast_path(self, device),
-                                              "channels_last": True})
-    cl = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
+                                              "channels_last": False})
+    plain = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
+    assert not plain.net_.channels_last
     assert cl.net_.channels_last
     conv = next(m for m in cl.net_.module_.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
