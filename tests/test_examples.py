@@ -14,6 +14,7 @@ import struct
 import numpy as np
 import pytest
 import sklearn
+from threadpoolctl import threadpool_limits
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
@@ -34,6 +35,14 @@ def table_rows(printed):
 @pytest.fixture(autouse=True)
 def _needs_matplotlib():
     pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded_blas():
+    # The examples' logistic regressions are tiny; a multi-threaded OpenBLAS fit
+    # of them on 2 busy cores took seconds instead of milliseconds.
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 def write_idx(path, array):
