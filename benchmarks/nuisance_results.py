@@ -27,11 +27,13 @@ import json
 import time
 
 import numpy as np
+import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from sklearn_cim import CIMTransformer, TrunkWeightsUnavailableError, VIBClassifier
-from sklearn_cim.datasets import load_colored_mnist, make_colored_digits
+from sklearn_cim.datasets import agreement_groups, load_colored_mnist, make_colored_digits
 from sklearn_cim.metrics import worst_group_accuracy
 
 ABLATION = {
@@ -48,19 +50,13 @@ def flat(a):
     return a.reshape(len(a), -1)
 
 
-def agreement_groups(data):
-    """class x (nuisance agrees with the label or not): 20 groups of OOD test
-    images, large enough to measure, unlike the 100 class x nuisance groups."""
-    nuisance = data.groups_test_ood % 10  # the loaders use the 10 palette colours
-    return 2 * data.y_test + (nuisance == data.y_test % 10)
-
-
 def scores(predict, X_id, X_ood, data):
     pred_ood = predict(X_ood)
     return dict(id=float(np.mean(predict(X_id) == data.y_test)),
                 ood=float(np.mean(pred_ood == data.y_test)),
                 worst_group=float(worst_group_accuracy(data.y_test, pred_ood,
-                                                       agreement_groups(data))))
+                                                       agreement_groups(data.y_test,
+                                                                        data.groups_test_ood))))
 
 
 def lr():
@@ -140,8 +136,14 @@ def main(argv=None):
     parser.add_argument("--cim", type=json.loads, default={},
                         help='extra CIMTransformer parameters as JSON, e.g. \'{"mining": "hard"}\'')
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (e.g. 1 per process when running two)")
     parser.add_argument("--out", help="append the JSON lines to this file")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # Small logistic regressions: multi-threaded BLAS only fights torch for the cores.
+    threadpool_limits(1, user_api="blas")
 
     pretrained = True
     try:

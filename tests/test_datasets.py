@@ -383,3 +383,15 @@ def test_load_celeba_errors(celeba):
     os.remove(celeba / "list_eval_partition.txt")
     with pytest.raises(FileNotFoundError, match="list_eval_partition.txt.*img_align_celeba"):
         load_celeba(celeba)
+
+
+def test_agreement_groups_by_hand():
+    from sklearn_cim.datasets import agreement_groups
+
+    y = np.array([0, 0, 3, 3, 9])
+    groups = np.array([0, 7, 33, 31, 99])  # nuisance 0 (agrees), 7, 3 (agrees), 1, 9 (agrees)
+    assert agreement_groups(y, groups).tolist() == [1, 0, 7, 6, 19]
+    data = make_colored_digits(random_state=0)
+    coarse = agreement_groups(data.y_train, data.groups_train)
+    agree = coarse % 2 == 1
+    assert agree.mean() == pytest.approx(data.p_train, abs=0.02)

@@ -6,10 +6,10 @@ bundled digits, and the loaders read files from a directory you name.
 
 from ._celeba import load_celeba
 from ._idx import load_colored_mnist, read_idx
-from ._nuisance import PALETTE, add_nuisance, make_colored_digits
+from ._nuisance import PALETTE, add_nuisance, agreement_groups, make_colored_digits
 from ._waterbirds import load_waterbirds
 
 __all__ = [
-    "PALETTE", "add_nuisance", "load_celeba", "load_colored_mnist", "load_waterbirds",
-    "make_colored_digits", "read_idx",
+    "PALETTE", "add_nuisance", "agreement_groups", "load_celeba", "load_colored_mnist",
+    "load_waterbirds", "make_colored_digits", "read_idx",
 ]

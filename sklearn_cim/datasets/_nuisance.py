@@ -143,6 +143,37 @@ def add_nuisance(grey, y, *, nuisance="background", p_agree=0.95, shift="random"
     return _render(grey, nuisance, index), index
 
 
+def agreement_groups(y, groups, n_nuisances=10):
+    """Coarse groups: class x whether the nuisance agrees with the label.
+
+    The ``groups`` of the loaders (class x nuisance: 100 groups with 10
+    classes) are too many to measure on a few thousand test images; these 20
+    groups (``2 * y + agrees``) keep what worst-group accuracy is about: the
+    images whose nuisance points to another class.
+
+    Parameters
+    ----------
+    y : array-like of int, shape (n_samples,)
+    groups : array-like of int, shape (n_samples,)
+        ``y * n_nuisances + nuisance_index``, as the loaders return.
+    n_nuisances : int, default=10
+
+    Returns
+    -------
+    coarse : ndarray of int, shape (n_samples,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cim.datasets import agreement_groups
+    >>> agreement_groups(np.array([1, 1, 2]), np.array([11, 13, 22])).tolist()
+    [3, 2, 5]
+    """
+    y = np.asarray(y)
+    nuisance = np.asarray(groups) % n_nuisances
+    return 2 * y + (nuisance == y % n_nuisances)
+
+
 def _nuisance_bunch(g_train, y_train, g_test, y_test, *, nuisance, p_train, shift, rng,
                     source):
     _check_choice("nuisance", nuisance, NUISANCES)
