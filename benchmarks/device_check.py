@@ -21,7 +21,6 @@ Prints (and appends to ``--out``) one JSON line per check:
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import pickle
@@ -35,6 +34,7 @@ from sklearn.linear_model import LogisticRegression
 
 import sklearn_cim
 from sklearn_cim import CIMTransformer
+from sklearn_cim.datasets import make_colored_digits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -47,24 +47,9 @@ def emit(out, record):
             f.write(line + "\n")
 
 
-def load_example():
-    path = os.path.join(HERE, "..", "examples", "colored_background.py")
-    spec = importlib.util.spec_from_file_location("colored_background", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def coloured_digits(seed=0):
-    ex = load_example()
-    rng = np.random.RandomState(seed)
-    grey, y = ex.load_digits_32()
-    idx = rng.permutation(len(y))
-    tr, te = idx[:1400], idx[1400:]
-    X_tr = ex.colourise(grey[tr], y[tr], 0.95, rng)
-    X_id = ex.colourise(grey[te], y[te], 0.95, rng)
-    X_ood = ex.colourise(grey[te], y[te], 0.0, rng)
-    return X_tr, y[tr], X_id, X_ood, y[te]
+    d = make_colored_digits(random_state=seed)
+    return d.X_train, d.y_train, d.X_test_id, d.X_test_ood, d.y_test
 
 
 def sync():

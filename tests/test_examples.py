@@ -56,7 +56,7 @@ def write_idx(path, array):
 def test_every_example_is_tested():
     tested = {"plot_nuisance_background_mnist", "plot_color_shift_ood",
               "plot_subgroups_waterbirds_celeba", "plot_cim_vib_vs_vib",
-              "plot_grid_search_worst_group", "colored_background"}
+              "plot_grid_search_worst_group"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -176,20 +176,3 @@ def test_grid_search_routes_groups_to_the_scorer(tmp_path, capsys):
     assert "best by worst-group accuracy" in printed
     # The example enables metadata routing only inside a config_context.
     assert sklearn.get_config()["enable_metadata_routing"] is False
-
-
-def test_colored_background_runs_the_demo_and_keeps_its_helpers(tmp_path, capsys):
-    example = load_example("colored_background")
-    rows = example.main(["--quick", "--out", str(tmp_path / "m.png")])
-    assert [r["model"] for r in rows][0] == "ERM (LR on pixels)"
-    assert (tmp_path / "m.png").exists()
-    with pytest.raises(SystemExit, match="plot_nuisance_background_mnist.py --root DIR"):
-        example.main(["--mnist", "data/mnist"])
-    # benchmarks/device_check.py uses these two.
-    grey, y = example.load_digits_32()
-    assert grey.shape == (1797, 32, 32) and 0 <= grey.min() and grey.max() <= 1
-    X = example.colourise(grey[:50], y[:50], 1.0, np.random.RandomState(0))
-    assert X.shape == (50, 3, 32, 32) and X.dtype == np.float32
-    clean = example.colourise(grey[:50], y[:50], 0.0, np.random.RandomState(0), oracle=True)
-    assert np.allclose(clean[:, :, 0, 0], 0.5)  # corners of the oracle images: mid-grey
-    assert not np.allclose(X[:, :, 0, 0], 0.5)
