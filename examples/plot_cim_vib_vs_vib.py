@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from sklearn_cim import CIMTransformer, TrunkWeightsUnavailableError, VIBClassifier
-from sklearn_cim.datasets import make_colored_digits
+from sklearn_cim.datasets import agreement_groups, make_colored_digits
 from sklearn_cim.metrics import worst_group_accuracy
 
 
@@ -102,7 +102,9 @@ def main(argv=None):
     n_train, n_test = (200, 100) if args.quick else (None, None)
     X, y = flat(data.X_train[:n_train]), data.y_train[:n_train]
     X_id, X_ood = flat(data.X_test_id[:n_test]), flat(data.X_test_ood[:n_test])
-    y_test, groups = data.y_test[:n_test], data.groups_test_ood[:n_test]
+    y_test = data.y_test[:n_test]
+    # worst group over digit x (colour agrees with the label or not)
+    groups = agreement_groups(y_test, data.groups_test_ood[:n_test])
     print(f"{len(y)} train / {len(y_test)} test images of shape {data.X_train.shape[1:]}, "
           f"nuisance={args.nuisance!r}, beta={args.beta}")
 

@@ -98,6 +98,8 @@ def test_color_shift_scores_both_shifts(tmp_path, capsys):
         assert set(scores) == {"in-distribution", "OOD random", "worst-group random",
                                "OOD reversed", "worst-group reversed"}
         assert all(0 <= v <= 1 for v in scores.values())
+    oracle = results["oracle (no nuisance)"]
+    assert oracle["in-distribution"] == oracle["OOD random"] == oracle["OOD reversed"]
     assert out.exists()
 
 
