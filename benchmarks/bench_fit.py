@@ -9,6 +9,8 @@ Everything is measured in one run, on one device, and printed as JSON lines:
   same-class / other-class partners from the batch and LPIPS called twice,
   ``lpips(psi, p)`` and ``lpips(psi, q)`` (four trunk passes per sample);
 * ``ratio`` = fit / plain, and ``transform`` samples/s with its ratio to fit;
+* ``other_*``: the fit again with the other precision than the device's
+  default (bf16 on CPU, float32 on CUDA);
 * peak memory of each phase: ``torch.cuda.max_memory_allocated`` on CUDA,
   the rise of the process's resident set size (sampled every 5 ms) on CPU;
 * ``memory``: bytes the fit needs per byte of uint8 input: the slope of the
@@ -161,11 +163,17 @@ def bench_size(side, *, n, epochs, batch_size, device):
     tr_s, tr_mb, _ = timed(lambda: [model.transform(flat) for _ in range(reps)], device)
     fit_rate, plain_rate = epochs * n / fit_s, epochs * n / plain_s
     tr_rate = reps * n / tr_s
+    other = "float32" if model.net_.precision == "bfloat16" else "bfloat16"
+    other_s, _, _ = timed(
+        lambda: cim(device, epochs, batch_size, precision=other).fit(flat, y), device)
+    other_rate = epochs * n / other_s
     return dict(
         what="throughput", side=side, n=n, epochs=epochs, batch_size=batch_size,
         precision=model.net_.precision, channels_last=model.net_.channels_last,
         fit_samples_per_s=round(fit_rate, 1), plain_samples_per_s=round(plain_rate, 1),
         fit_over_plain=round(fit_rate / plain_rate, 2),
+        other_precision=other, other_fit_samples_per_s=round(other_rate, 1),
+        other_fit_over_plain=round(other_rate / plain_rate, 2),
         transform_samples_per_s=round(tr_rate, 1),
         transform_over_fit=round(tr_rate / fit_rate, 1),
         fit_peak_mb=round(fit_mb, 1), plain_peak_mb=round(plain_mb, 1),
