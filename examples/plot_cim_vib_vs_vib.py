@@ -67,7 +67,7 @@ def models(args, image_shape):
         vib_kw = dict(batch_size=64, latent_dim=4, hidden_layer_sizes=(16,), conv_width=4,
                       n_test_samples=2)
     else:
-        cim_kw, vib_kw = dict(mining="hard"), {}
+        cim_kw, vib_kw = {}, {}
 
     def vib():
         return VIBClassifier(image_shape=image_shape, beta=args.beta, **vib_kw, **common)

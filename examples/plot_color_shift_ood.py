@@ -76,7 +76,7 @@ def cim_params(args, image_shape):
     if args.quick:
         return dict(image_shape=image_shape, distance="l2", max_epochs=1, batch_size=64,
                     tn_width=4, tn_depth=1, head_width=4, random_state=args.seed)
-    return dict(image_shape=image_shape, mining="hard", max_epochs=args.epochs,
+    return dict(image_shape=image_shape, max_epochs=args.epochs,
                 random_state=args.seed)
 
 

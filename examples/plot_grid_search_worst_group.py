@@ -82,7 +82,7 @@ def make_pipeline(args, image_shape, pretrained):
         params = dict(distance="l2", max_epochs=1, batch_size=64, tn_width=4, tn_depth=1,
                       head_width=4)
     else:
-        params = dict(mining="hard", max_epochs=args.epochs, pretrained=pretrained)
+        params = dict(max_epochs=args.epochs, pretrained=pretrained)
     return Pipeline([
         ("cim", CIMTransformer(image_shape=image_shape, random_state=args.seed, **params)),
         ("clf", LogisticRegression(max_iter=1000)),

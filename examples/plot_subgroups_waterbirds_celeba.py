@@ -109,7 +109,7 @@ def cim_pipeline(args, image_shape):
         params = dict(distance="l2", max_epochs=1, batch_size=32, tn_width=4, tn_depth=1,
                       head_width=4)
     else:
-        params = dict(mining="hard", max_epochs=args.epochs)
+        params = dict(max_epochs=args.epochs)
     cim = CIMTransformer(image_shape=image_shape, random_state=args.seed, **params)
     return Pipeline([("cim", cim), ("clf", LogisticRegression(max_iter=1000))])
 
