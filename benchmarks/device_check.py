@@ -36,8 +36,6 @@ import sklearn_cim
 from sklearn_cim import CIMTransformer
 from sklearn_cim.datasets import make_colored_digits
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def emit(out, record):
     line = json.dumps(record)
