@@ -230,8 +230,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         ``"cuda:N"``.
     precision : {"auto", "float32", "bfloat16"}, default="auto"
         Arithmetic of the networks and the distance in ``fit`` and ``transform``:
-        ``"bfloat16"`` runs them under bf16 autocast (losses, masks' product
-        with X and outputs stay float32). ``"auto"``: bf16 on CUDA, float32 on
+        ``"bfloat16"`` runs them under bf16 autocast (the product m * X, SSIM's
+        statistics, the logged loss sums and ``transform``'s output stay
+        float32). ``"auto"``: bf16 on CUDA, float32 on
         CPU. bf16 changes masks by up to about 1e-2.
     compile : bool or dict, default=False
         ``torch.compile`` the training forward (mask net and head); a dict is
@@ -512,10 +513,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         )
 
     def _fast_path(self, device):
-        if self.compile is False:
-            options = None
+        if isinstance(self.compile, dict):
+            options = dict(self.compile)
         else:
-            options = {} if self.compile is True else dict(self.compile)
+            options = {} if self.compile else None
         # channels_last pays on CUDA and on CPU (1.6x faster mask net on 2 cores)
         return dict(precision=resolve_precision(self.precision, device),
                     channels_last=True, compile_options=options)

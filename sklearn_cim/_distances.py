@@ -137,6 +137,11 @@ class SSIMDistance(Distance):
         return [_fit_min_side(x, _SSIM_WINDOW)]
 
     def image_distance(self, a, b):
+        # float32 without autocast: var = E[x^2] - mu^2 cancels badly in bf16
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            return self._ssim_distance(a.float(), b.float())
+
+    def _ssim_distance(self, a, b):
         n, c, h, w = a.shape
         win = self.window.to(dtype=a.dtype)
         stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)

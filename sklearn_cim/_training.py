@@ -252,10 +252,15 @@ class TorchNet(NeuralNet):
         n = len(y_true)
         sums = self.__dict__.setdefault("epoch_term_sums", {})
         for name, (_, term) in terms.items():
-            value = term.detach() * n
+            value = term.detach().float() * n  # bf16 sums stop growing
             sums[name] = sums[name] + value if name in sums else value
         self.epoch_term_count = getattr(self, "epoch_term_count", 0) + n
         return loss
+
+    def on_train_end(self, net, **kwargs):
+        super().on_train_end(net, **kwargs)
+        # the compiled wrapper (and any CUDA-graph memory) lives for one fit
+        self.__dict__.pop("step_module", None)
 
     def on_epoch_begin(self, net, **kwargs):
         super().on_epoch_begin(net, **kwargs)
@@ -510,6 +515,12 @@ class TorchEstimatorMixin:
             setattr(self, name, None if meta[name] is None else tuple(meta[name]))
         if "feature_names_in_" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
+
+    def __getstate__(self):
+        # keep_optimizer_state applies to the pickle even when set after fit
+        if "net_" in vars(self):
+            self.net_.keep_optimizer_state = bool(self.keep_optimizer_state)
+        return super().__getstate__()
 
     def save_params(self, path):
         """Save the fitted weights and what is needed to rebuild them.

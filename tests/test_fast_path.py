@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from skorch.callbacks import Callback
 
 import sklearn_cim._training as training
 from sklearn_cim import CIMTransformer, VIBClassifier
@@ -74,16 +75,28 @@ def test_channels_last_gives_the_same_model(tiny, monkeypatch):
     np.testing.assert_allclose(cl.transform(X), plain.transform(X), atol=1e-4)
 
 
+class _RecordCompiled(Callback):
+    """Records, per batch, whether the compiled wrapper exists (picklable)."""
+
+    def __init__(self):
+        self.used = []
+
+    def on_batch_end(self, net, **kwargs):
+        self.used.append(net.__dict__.get("step_module") is not None)
+
+
 def test_compiled_forward_gives_the_same_model_and_pickles(tiny):
     X, y = _rgb()
     plain = CIMTransformer(**{**tiny, "max_epochs": 2}).fit(X, y)
-    comp = CIMTransformer(**{**tiny, "max_epochs": 2}, compile={"backend": "eager"}).fit(X, y)
-    assert comp.net_.step_module is not None  # the compiled wrapper trained the model
+    spy = _RecordCompiled()
+    comp = CIMTransformer(**{**tiny, "max_epochs": 2, "callbacks": [spy]},
+                          compile={"backend": "eager"}).fit(X, y)
+    assert spy.used and all(spy.used)  # the compiled wrapper trained the model
+    assert "step_module" not in vars(comp.net_)  # and lived for that fit only
     np.testing.assert_allclose(comp.history_[:, "train_loss"], plain.history_[:, "train_loss"],
                                rtol=1e-5)
     np.testing.assert_allclose(comp.transform(X), plain.transform(X), atol=1e-5)
     back = pickle.loads(pickle.dumps(comp))
-    assert "step_module" not in vars(back.net_)
     np.testing.assert_array_equal(back.transform(X), comp.transform(X))
     # saved weights carry no compile prefixes
     assert not any("_orig_mod" in k for k in comp.net_.module_.state_dict())
@@ -184,3 +197,50 @@ def test_fast_path_parameters_are_checked(tiny, params, match):
     X, y = _rgb()
     with pytest.raises((ValueError, TypeError), match=match):
         CIMTransformer(**tiny, **params).fit(X, y)
+
+
+def test_bf16_loss_terms_are_summed_in_float32(tiny):
+    dtypes = set()
+
+    class Spy(Callback):
+        def on_batch_end(self, net, **kwargs):
+            dtypes.update(v.dtype for v in net.epoch_term_sums.values())
+
+    X, y = _rgb(n=96)
+    params = {**tiny, "distance": "ssim", "head": "vib", "mask_weight": 0.1,
+              "batch_size": 8, "precision": "bfloat16", "callbacks": [Spy()]}
+    cim = CIMTransformer(**params).fit(X, y)
+    assert dtypes == {torch.float32}
+    assert set(cim.history_[-1]) >= {"train_ce", "train_kl", "train_triplet", "train_mask"}
+
+
+def test_ssim_ignores_autocast():
+    from sklearn_cim._distances import SSIMDistance
+
+    rng = np.random.RandomState(0)
+    a = torch.full((4, 3, 16, 16), 0.7)
+    b = a.clone()
+    b[:, :, 4:8, 4:8] += 0.1 * torch.from_numpy(rng.rand(4, 3, 4, 4)).float()
+    d = SSIMDistance()
+    plain = d(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = d(a, b)
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain)
+
+
+def test_compile_accepts_numpy_bools(tiny):
+    X, y = _rgb()
+    for flag, compiled in ((np.False_, None), (np.True_, {})):
+        cim = CIMTransformer(**tiny, compile=flag)
+        assert cim._fast_path("cpu")["compile_options"] == compiled
+
+
+def test_keep_optimizer_state_set_after_fit_applies_to_the_pickle(tiny):
+    X, y = _rgb()
+    cim = CIMTransformer(**tiny).fit(X, y)
+    cim.set_params(keep_optimizer_state=True)
+    back = pickle.loads(pickle.dumps(cim))
+    assert len(back.net_.optimizer_.state) > 0
+    cim.set_params(keep_optimizer_state=False)
+    assert len(pickle.loads(pickle.dumps(cim)).net_.optimizer_.state) == 0
