@@ -90,7 +90,7 @@ def run(data, cim_params, vib_params, models, emit, **tags):
         wanted = [n for n in names if n in models]
         if not wanted:
             continue
-        cim, s_cim = timed(lambda: CIMTransformer(**cim_params, head=head).fit(
+        cim, s_cim = timed(lambda: CIMTransformer(**{**cim_params, "head": head}).fit(
             X_tr, data.y_train))
         Z_tr, Z_id, Z_ood = (cim.transform(a) for a in (X_tr, X_id, X_ood))
         for name in wanted:
