@@ -94,10 +94,14 @@ class CIMNet(TorchNet):
 
     transient_attributes = TorchNet.transient_attributes + ("metric", "metric_key")
 
-    def on_train_begin(self, net, **kwargs):
-        super().on_train_begin(net, **kwargs)
+    def prepare_training(self):
+        # the metric (a random trunk with pretrained=False) is drawn from the
+        # seeded global RNG: the same in every process of a data-parallel fit
         if self.objective.triplet_weight > 0:
             self.get_metric()  # fail before the first step if the trunk is unavailable
+
+    def has_unused_parameters(self):
+        return self.objective.classifier_weight == 0  # the head is not trained
 
     def get_metric(self):
         key = (self.objective.distance, self.objective.pretrained)
@@ -243,6 +247,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         Keep the optimizer's state (Adam moments) in pickles, so that a warm
         start after unpickling continues exactly. Off, pickles are about three
         times smaller and a warm start after unpickling starts a fresh Adam.
+    distributed : {"auto", True, False}, default="auto"
+        Data-parallel training (torch DistributedDataParallel) with the other
+        processes of an initialised ``torch.distributed`` process group, each
+        calling ``fit`` on the same data (see :mod:`sklearn_cim.distributed`
+        and :func:`~sklearn_cim.distributed.fit_distributed`). ``"auto"``:
+        when such a group of more than one process exists; ``True``: it must
+        exist; ``False``: always train alone. ``batch_size`` is then per process
+        and triplets are mined in each process's batch.
     random_state : int, RandomState instance or None, default=None
         Seeds network initialisation, batch order and random mining. On CPU,
         equal seeds give bitwise-equal transforms.
@@ -317,6 +329,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         precision="auto",
         compile=False,
         keep_optimizer_state=False,
+        distributed="auto",
         random_state=None,
         verbose=0,
         callbacks=None,
@@ -345,6 +358,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.precision = precision
         self.compile = compile
         self.keep_optimizer_state = keep_optimizer_state
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
@@ -540,10 +554,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             return low + (high - low) * (module.mask_net(u).float() * u)
 
         fn = psi if what == "psi" else module.mask_net
-        outs = batched_apply(fn, X, units=units, image_shape=shape, device=self.device_,
-                             chunk=chunk, channels_last=net.channels_last,
-                             precision=precision)
-        out = torch.cat(outs).numpy() if outs else np.empty((0,) + tuple(shape), np.float32)
+        out = batched_apply(fn, X, units=units, image_shape=shape, device=self.device_,
+                            chunk=chunk, channels_last=net.channels_last,
+                            precision=precision)
+        if out is None:  # no rows
+            out = np.empty((0,) + tuple(shape), np.float32)
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
         out = out.astype(dtype, copy=False)
         if was_4d:

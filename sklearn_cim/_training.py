@@ -2,10 +2,13 @@
 
 What it adds to skorch:
 
-* data that already lives on the device is batched by index
-  (:class:`IndexBatches`): one ``randperm`` per epoch, no per-sample Python,
-  no ``DataLoader`` workers; uint8 stays uint8 on the device and each batch is
-  converted to float in [0, 1] as it is drawn;
+* batches are drawn by index (:class:`IndexBatches`): one ``randperm`` per
+  epoch, no per-sample Python, no ``DataLoader`` workers. The training set
+  is never converted as a whole: on CPU, and on CUDA when it does not fit
+  beside the model (:func:`place_training_data`), each batch is gathered from
+  the array as given (a ``np.memmap`` stays on disk) and streamed to the
+  device; otherwise it is copied to the device once (uint8 stays uint8). Each
+  batch is converted to float in [0, 1] as it is drawn;
 * the loss is a weighted sum of named terms (:meth:`TorchNet.loss_terms`);
   each unweighted term is accumulated on the device and its epoch mean is
   written to ``history`` as ``train_<name>``; batch losses too are read from
@@ -15,11 +18,17 @@ What it adds to skorch:
   the fitted pickle leaves the optimizer state out unless asked;
 * seeded training (:func:`fit_net`): module initialisation, batch order and
   any sampling draw from generators seeded by ``random_state``, without
-  touching torch's global random state.
+  touching torch's global random state (and safe in threads);
+* data-parallel training (``world``): the module is wrapped in
+  ``DistributedDataParallel`` for the training forward, each process draws its
+  share of every epoch and the logged losses are averaged over the processes
+  (see :mod:`sklearn_cim.distributed`).
 """
 
 import json
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -29,8 +38,17 @@ from sklearn.utils.validation import check_is_fitted
 from skorch import NeuralNet
 from skorch.callbacks import ProgressBar
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ._validation import check_number, unique_classes
+from .distributed import (
+    all_reduce_sum,
+    broadcast_int,
+    check_distributed,
+    check_same_data,
+    local_device,
+    world,
+)
 
 
 def resolve_device(device):
@@ -105,16 +123,51 @@ def autocast(device, precision):
                           enabled=precision == "bfloat16")
 
 
-class IndexBatches:
-    """Mini-batches ``(X[idx], y[idx])`` of tensors already on the device.
+# On CUDA the training set is copied to the device when it takes at most this
+# fraction of the free device memory; otherwise batches are streamed.
+DEVICE_DATA_FRACTION = 0.25
 
-    ``X`` is stored 2-D; batches are viewed as ``(B, C, H, W)`` float in
-    [0, 1]. With ``shuffle``, each pass draws one permutation from
-    ``generator``.
+
+def place_training_data(X, device, *, pixels=True):
+    """The training set as :class:`IndexBatches` reads it.
+
+    On CUDA, a device tensor (uint8 kept as uint8, else float32) when that
+    takes at most :data:`DEVICE_DATA_FRACTION` of the free device memory.
+    Otherwise (and always on CPU) X itself, unconverted and uncopied: each
+    batch is gathered from it and converted on its own.
+    """
+    if torch.device(device).type == "cuda":
+        itemsize = 1 if pixels and X.dtype.kind in "iub" else 4
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+        if X.size * itemsize <= DEVICE_DATA_FRACTION * free:
+            return as_device_tensor(X, device, pixels=pixels)
+    return X
+
+
+def _native(rows):
+    # torch reads native byte order only (a big-endian memmap is converted per batch)
+    if rows.dtype.byteorder not in "=|":
+        rows = rows.astype(rows.dtype.newbyteorder("="))
+    return rows
+
+
+class IndexBatches:
+    """Mini-batches ``(X[idx], y[idx])``, ``y`` a tensor on the device.
+
+    ``X`` is 2-D: a tensor on the device, or a host array (any numeric dtype,
+    e.g. a ``np.memmap``) whose batches are gathered, copied to ``device``
+    (through pinned memory, the next batch gathered in a background thread,
+    when ``prefetch``) and only then converted. Batches are viewed as
+    ``(B, C, H, W)`` float in [0, 1]. With ``shuffle``, each pass draws one
+    permutation from ``generator``. With ``world_size > 1`` the pass is split
+    as torch's ``DistributedSampler`` splits it: the permutation is padded to a
+    multiple of ``world_size`` by wrapping around and process ``rank`` takes
+    every ``world_size``-th index from ``rank``, so all processes make the same
+    number of steps.
     """
 
     def __init__(self, X, y, *, batch_size, image_shape, units, shuffle, generator,
-                 channels_last=False):
+                 channels_last=False, rank=0, world_size=1, device=None, prefetch=None):
         self.X, self.y = X, y
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
@@ -122,21 +175,65 @@ class IndexBatches:
         self.shuffle = shuffle
         self.generator = generator
         self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.host = not torch.is_tensor(X)
+        self.device = torch.device(device if device is not None else
+                                   (y.device if self.host else X.device))
+        self.prefetch = (self.host and self.device.type == "cuda"
+                         if prefetch is None else prefetch)
+
+    def _shard_size(self):
+        return -(-len(self.X) // self.world_size)
 
     def __len__(self):
-        return -(-len(self.X) // self.batch_size)
+        return -(-self._shard_size() // self.batch_size)
 
-    def __iter__(self):
+    def _order(self):
         n = len(self.X)
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator, device=self.X.device)
+            order = torch.randperm(n, generator=self.generator,
+                                   device=self.generator.device)
         else:
-            order = torch.arange(n, device=self.X.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            xb = as_images(to_unit(self.X[idx], self.units), self.image_shape,
-                           self.channels_last)
-            yield xb, (None if self.y is None else self.y[idx])
+            order = torch.arange(n, device=self.device)
+        if self.world_size > 1 and n:
+            total = self._shard_size() * self.world_size
+            order = order.repeat(-(-total // n))[:total][self.rank::self.world_size]
+        return order.to(self.device)
+
+    def _gather(self, rows):
+        """Host rows of X, pinned when they go to CUDA."""
+        rows = torch.from_numpy(_native(np.asarray(self.X[rows])))
+        return rows.pin_memory() if self.device.type == "cuda" else rows
+
+    def __iter__(self):
+        order = self._order()
+        starts = range(0, len(order), self.batch_size)
+        if not self.host:
+            for start in starts:
+                idx = order[start:start + self.batch_size]
+                yield self._batch(self.X[idx], idx)
+            return
+        host_order = order.cpu().numpy()
+
+        def rows_of(start):
+            return self._gather(host_order[start:start + self.batch_size])
+
+        pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
+        try:
+            pending = None
+            for i, start in enumerate(starts):
+                rows = pending.result() if pending is not None else rows_of(start)
+                if pool is not None and i + 1 < len(starts):
+                    pending = pool.submit(rows_of, starts[i + 1])
+                xb = rows.to(self.device, non_blocking=True)
+                yield self._batch(xb, order[start:start + self.batch_size])
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batch(self, xb, idx):
+        xb = as_images(to_unit(xb, self.units), self.image_shape, self.channels_last)
+        return xb, (None if self.y is None else self.y[idx])
 
 
 class TorchNet(NeuralNet):
@@ -154,12 +251,14 @@ class TorchNet(NeuralNet):
     arguments of ``torch.compile`` for the training forward; the compiled
     wrapper is transient, ``module_`` stays the plain module) and
     ``keep_optimizer_state`` (pickle the optimizer's state; otherwise a fresh
-    optimizer is made on unpickling).
+    optimizer is made on unpickling). ``world``: None, or ``(rank,
+    world_size)`` of an initialised torch.distributed process group to train
+    data-parallel in.
     """
 
     def __init__(self, *args, image_shape=None, units=(0.0, 1.0), seed=0,
                  precision="float32", channels_last=False, compile_options=None,
-                 keep_optimizer_state=False, **kwargs):
+                 keep_optimizer_state=False, world=None, **kwargs):
         kwargs.setdefault("train_split", None)
         kwargs.setdefault("predict_nonlinearity", None)
         super().__init__(*args, **kwargs)
@@ -170,12 +269,16 @@ class TorchNet(NeuralNet):
         self.channels_last = channels_last
         self.compile_options = compile_options
         self.keep_optimizer_state = keep_optimizer_state
+        self.world = world
 
     # -- data -----------------------------------------------------------------
-    def make_generator(self, offset):
+    def make_generator(self, offset, *, per_process=False):
         """A generator seeded by ``seed``, ``offset`` (< 16) and the epochs done,
-        so that continuing a model (in memory or unpickled) draws the same."""
+        so that continuing a model (in memory or unpickled) draws the same;
+        ``per_process``: also by the rank of a data-parallel fit."""
         seed = self.seed + offset + 16 * len(self.history)
+        if per_process and self.world is not None:
+            seed += self.world[0] << 32
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def get_iterator(self, dataset, training=False):
@@ -183,10 +286,12 @@ class TorchNet(NeuralNet):
             raise NotImplementedError("TorchNet batches training data only.")
         if not hasattr(self, "batch_generator"):
             self.batch_generator = self.make_generator(0)
+        rank, size = self.world or (0, 1)
         return IndexBatches(
             dataset.X, dataset.y, batch_size=self.batch_size,
             image_shape=self.image_shape, units=self.units, shuffle=True,
             generator=self.batch_generator, channels_last=self.channels_last,
+            rank=rank, world_size=size, device=self.device,
         )
 
     # -- the training step ----------------------------------------------------
@@ -198,14 +303,35 @@ class TorchNet(NeuralNet):
         return self
 
     def infer(self, x, **fit_params):
-        """Forward pass; in training, through the compiled module if asked."""
+        """Forward pass; in training through the DDP wrapper of a data-parallel
+        fit and the compiled module, if asked."""
         module = self.module_
-        if self.compile_options is not None and module.training:
+        if module.training and (self.world is not None or self.compile_options is not None):
             if self.__dict__.get("step_module") is None:
                 # set past skorch's attribute hooks: not a registered module
-                self.__dict__["step_module"] = torch.compile(module, **self.compile_options)
+                self.__dict__["step_module"] = self.training_module()
             module = self.__dict__["step_module"]
         return module(x, **fit_params)
+
+    def training_module(self):
+        """``module_`` wrapped for training: DDP, then ``torch.compile``."""
+        module = self.module_
+        if self.world is not None:
+            cuda = torch.device(self.device).type == "cuda"
+            module = DistributedDataParallel(
+                module, device_ids=[torch.device(self.device).index or 0] if cuda else None,
+                find_unused_parameters=self.has_unused_parameters())
+        if self.compile_options is not None:
+            module = torch.compile(module, **self.compile_options)
+        return module
+
+    def has_unused_parameters(self):
+        """Whether some parameters get no gradient in a step (DDP must know)."""
+        return False
+
+    def prepare_training(self):
+        """Build what training needs beyond skorch's modules; runs with torch's
+        global RNG seeded (see :func:`fit_net`)."""
 
     def train_step_single(self, batch, **fit_params):
         # skorch's step, with forward and loss under autocast (backward outside).
@@ -230,8 +356,11 @@ class TorchNet(NeuralNet):
             self.history.record_batch(prefix + "_batch_size", len(batch[0]))
             self.notify("on_batch_end", batch=batch, training=training, **step)
         if losses:
+            values = torch.stack(losses).float()
+            if self.world is not None:  # a step's loss: the mean over the processes
+                values = all_reduce_sum(values, self.device) / self.world[1]
             records = self.history[-1]["batches"][-len(losses):]
-            for record, value in zip(records, torch.stack(losses).float().tolist()):
+            for record, value in zip(records, values.tolist()):
                 record[prefix + "_loss"] = value
         self.history.record(prefix + "_batch_count", len(losses))
 
@@ -239,7 +368,7 @@ class TorchNet(NeuralNet):
     def generator(self):
         """Generator for draws made inside the loss (e.g. triplet mining)."""
         if not hasattr(self, "loss_generator"):
-            self.loss_generator = self.make_generator(1)
+            self.loss_generator = self.make_generator(1, per_process=True)
         return self.loss_generator
 
     # -- loss -----------------------------------------------------------------
@@ -270,10 +399,14 @@ class TorchNet(NeuralNet):
     def on_epoch_end(self, net, **kwargs):
         super().on_epoch_end(net, **kwargs)
         sums = self.__dict__.pop("epoch_term_sums", {})
-        count = max(self.__dict__.pop("epoch_term_count", 0), 1)
+        count = self.__dict__.pop("epoch_term_count", 0)
         if sums:
             names = list(sums)
-            means = (torch.stack([sums[k].float() for k in names]) / count).tolist()
+            totals = torch.stack([sums[k].float() for k in names]
+                                 + [torch.tensor(float(count), device=sums[names[0]].device)])
+            if self.world is not None:  # the same means, over all processes, everywhere
+                totals = all_reduce_sum(totals, self.device)
+            means = (totals[:-1] / totals[-1].clamp(min=1)).tolist()
             for name, value in zip(names, means):
                 self.history.record("train_" + name, value)
             bad = [f"{n}={v}" for n, v in zip(names, means) if not np.isfinite(v)]
@@ -327,42 +460,65 @@ def _rng_devices(device):
     return [device.index or 0] if device.type == "cuda" else []
 
 
+# torch's global RNG is process-wide: one fit at a time seeds and uses it
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextmanager
+def seeded_global_rng(seed, device):
+    """Run a block with torch's global RNG seeded by ``seed`` (None: as it is),
+    then restore it; blocks of other threads wait."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=_rng_devices(device)):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
-    """Train ``net`` with torch's global RNG seeded by ``seed``, then restore it.
+    """Train ``net``, initialised (and prepared) with torch's global RNG seeded
+    by ``seed``; the global RNG is restored and training itself draws only
+    from the net's own generators, so fits in concurrent threads do not mix.
 
     ``initialize=False`` continues training an initialised net. On an
     out-of-memory error the batch size is halved (with a warning) and training
-    starts again, down to :data:`MIN_RETRY_BATCH_SIZE`; below that the error is
-    raised with advice. A ``KeyboardInterrupt`` stops training early (skorch
-    keeps the weights reached) with a warning; the net stays usable.
+    starts again, down to :data:`MIN_RETRY_BATCH_SIZE`; below that (and in a
+    data-parallel fit, whose processes must agree) the error is raised with
+    advice. A ``KeyboardInterrupt`` stops training early (skorch keeps the
+    weights reached) with a warning; the net stays usable.
     """
     epochs = net.max_epochs if epochs is None else epochs
     start = 0 if initialize else len(net.history)
     while True:
-        with torch.random.fork_rng(devices=_rng_devices(net.device)):
-            torch.manual_seed(seed)
+        with seeded_global_rng(seed, net.device):
             if initialize:
                 net.initialize()
-            for name in ("batch_generator", "loss_generator"):
-                # a retry, or a continuation, starts the streams its seed gives
-                net.__dict__.pop(name, None)
-            try:
-                net.partial_fit(X, y, epochs=epochs - (len(net.history) - start))
-                break
-            except torch.OutOfMemoryError as exc:
-                smaller = net.batch_size // 2
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                if smaller < MIN_RETRY_BATCH_SIZE:
-                    raise torch.OutOfMemoryError(
-                        f"Out of memory even with batch_size={net.batch_size}. Use smaller "
-                        "images or networks (tn_width, tn_depth, head_width, hidden sizes), "
-                        "free the GPU, or fit on CPU with device='cpu'."
-                    ) from exc
-                warnings.warn(
-                    f"Out of memory with batch_size={net.batch_size}; retrying with "
-                    f"batch_size={smaller}.", RuntimeWarning, stacklevel=5)
-                net.batch_size = smaller
+            net.prepare_training()
+        for name in ("batch_generator", "loss_generator"):
+            # a retry, or a continuation, starts the streams its seed gives
+            net.__dict__.pop(name, None)
+        try:
+            net.partial_fit(X, y, epochs=epochs - (len(net.history) - start))
+            break
+        except torch.OutOfMemoryError as exc:
+            smaller = net.batch_size // 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if net.world is not None:
+                raise torch.OutOfMemoryError(
+                    f"Out of memory in a data-parallel fit with batch_size={net.batch_size} "
+                    "per process (its processes cannot retry one by one). Lower "
+                    "batch_size, or use smaller images or networks."
+                ) from exc
+            if smaller < MIN_RETRY_BATCH_SIZE:
+                raise torch.OutOfMemoryError(
+                    f"Out of memory even with batch_size={net.batch_size}. Use smaller "
+                    "images or networks (tn_width, tn_depth, head_width, hidden sizes), "
+                    "free the GPU, or fit on CPU with device='cpu'."
+                ) from exc
+            warnings.warn(
+                f"Out of memory with batch_size={net.batch_size}; retrying with "
+                f"batch_size={smaller}.", RuntimeWarning, stacklevel=5)
+            net.batch_size = smaller
     done = len(net.history) - start
     if done < epochs:
         warnings.warn(
@@ -376,8 +532,8 @@ class TorchEstimatorMixin:
     """What the estimators share about the skorch net they fit (``net_``).
 
     Expects the parameters ``lr``, ``max_epochs``, ``batch_size``, ``device``,
-    ``random_state``, ``verbose``, ``callbacks``, ``warm_start`` and
-    ``keep_optimizer_state``, and the
+    ``random_state``, ``verbose``, ``callbacks``, ``warm_start``,
+    ``keep_optimizer_state`` and ``distributed``, and the
     methods ``_net_spec()`` (the net class and its parameters, from fitted
     attributes) and the class attribute ``_saved_shapes``.
     """
@@ -418,6 +574,7 @@ class TorchEstimatorMixin:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         resolve_device(self.device)
+        check_distributed(self.distributed)
 
     def _continues(self):
         return bool(self.warm_start) and hasattr(self, "net_")
@@ -436,7 +593,7 @@ class TorchEstimatorMixin:
             return self.classes_
         return classes
 
-    def _new_net(self, seed, device):
+    def _new_net(self, seed, device, world=None):
         net_class, params = self._net_spec()
         return net_class(
             criterion=nn.CrossEntropyLoss,
@@ -450,6 +607,7 @@ class TorchEstimatorMixin:
             seed=seed,
             optimizer__fused=True,
             keep_optimizer_state=bool(self.keep_optimizer_state),
+            world=world,
             **self._fast_path(device),
             **params,
         )
@@ -485,15 +643,23 @@ class TorchEstimatorMixin:
         net.set_params(lr=self.lr)
 
     def _train(self, X, y, *, warm=False, epochs=None):
-        """Train a new net on (X, y), or continue ``net_`` when ``warm``."""
+        """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
+        data-parallel fit, with the other processes of the group."""
+        group = world(self.distributed)
         if warm:
             net = self.net_
             self._refresh_net(net)
+            net.world = group
             seed = net.seed + len(net.history)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            net = self._new_net(seed, resolve_device(self.device))
-        X_t = as_device_tensor(X, net.device, pixels=self._pixels)
+            device = resolve_device(local_device(self.device) if group else self.device)
+            if group is not None:  # one seed (batch order, initial weights) for all
+                seed = broadcast_int(seed, device)
+            net = self._new_net(seed, device, group)
+        if group is not None:
+            check_same_data(len(X), X.shape[1], net.device)
+        X_t = place_training_data(X, net.device, pixels=self._pixels)
         y_t = torch.as_tensor(y, device=net.device)
         self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
         return self.net_
@@ -566,7 +732,7 @@ class TorchEstimatorMixin:
             self.__dict__.pop("feature_names_in_", None)
             self._restore_metadata(json.loads(meta["fitted"]))
             net = self._new_net(int(meta["seed"]), resolve_device(self.device))
-            with torch.random.fork_rng(devices=_rng_devices(net.device)):
+            with seeded_global_rng(None, net.device):
                 net.initialize()
             try:
                 net.module_.load_state_dict(state)
@@ -584,19 +750,21 @@ def batched_apply(fn, X, *, units, image_shape, device, chunk, pixels=True,
                   channels_last=False, precision="float32"):
     """Apply ``fn`` (unit-range images -> tensor) to a 2-D array in chunks.
 
-    Returns a list of float32 CPU tensors, one per chunk. Nothing is tracked by
-    autograd; ``fn`` runs under ``precision``'s autocast. On an out-of-memory
-    error the chunk is halved and the chunk retried (down to one row).
+    Returns one float32 array (rows of X first), filled chunk by chunk: the
+    input is converted a chunk at a time and nothing is concatenated. Nothing
+    is tracked by autograd; ``fn`` runs under ``precision``'s autocast. On an
+    out-of-memory error the chunk is halved and the chunk retried (down to one
+    row).
     """
-    outs = []
+    out = None
     start = 0
     while start < len(X):
         try:
             xb = as_device_tensor(X[start:start + chunk], device, pixels=pixels)
             xb = as_images(to_unit(xb, units), image_shape, channels_last)
             with autocast(device, precision):
-                out = fn(xb)
-            outs.append(out.float().cpu())
+                res = fn(xb)
+            res = res.float().cpu().numpy()
         except torch.OutOfMemoryError:
             if chunk == 1:
                 raise
@@ -604,5 +772,8 @@ def batched_apply(fn, X, *, units, image_shape, device, chunk, pixels=True,
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue
-        start += len(xb)
-    return outs
+        if out is None:
+            out = np.empty((len(X),) + res.shape[1:], np.float32)
+        out[start:start + len(res)] = res
+        start += len(res)
+    return out

@@ -154,6 +154,12 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         Keep the optimizer's state (Adam moments) in pickles, so that a warm
         start after unpickling continues exactly. Off, pickles are about three
         times smaller and a warm start after unpickling starts a fresh Adam.
+    distributed : {"auto", True, False}, default="auto"
+        Data-parallel training with the other processes of an initialised
+        ``torch.distributed`` process group, each calling ``fit`` on the same
+        data (see :mod:`sklearn_cim.distributed`). ``"auto"``: when such a group
+        of more than one process exists; ``True``: it must exist; ``False``:
+        always train alone. ``batch_size`` is then per process.
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, batch order, training noise and the test-time
         draws. torch's global random state is left unchanged.
@@ -225,6 +231,7 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         lr=1e-3,
         device="auto",
         keep_optimizer_state=False,
+        distributed="auto",
         random_state=None,
         verbose=0,
         callbacks=None,
@@ -242,6 +249,7 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         self.lr = lr
         self.device = device
         self.keep_optimizer_state = keep_optimizer_state
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
@@ -461,6 +469,5 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
                if len(in_shape) == 3 else [])
         )
         chunk = max(1, _INFER_BUDGET // per_row)
-        outs = batched_apply(fn, X, units=(0.0, 1.0), image_shape=in_shape,
+        return batched_apply(fn, X, units=(0.0, 1.0), image_shape=in_shape,
                              device=self.device_, chunk=chunk, pixels=False)
-        return torch.cat(outs).numpy()

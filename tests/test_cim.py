@@ -85,6 +85,27 @@ def test_random_state_gives_bitwise_equal_transforms(images, tiny):
     assert torch.equal(state, torch.random.get_rng_state())  # fit leaves torch's RNG alone
 
 
+def test_fits_in_concurrent_threads_equal_sequential_fits(images, tiny):
+    """Thread-based parallelism (joblib's threading backend, Dask workers with
+    several threads) must not mix the seeded draws of concurrent fits; the
+    random LPIPS trunk is drawn from torch's global RNG too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = images
+    X = np.repeat(np.repeat(X, 3, axis=2), 3, axis=3)  # 24 px: LPIPS-squeeze needs 17
+    params = dict(tiny, distance="lpips-squeeze", pretrained=False)
+
+    def fit(seed):
+        return CIMTransformer(**{**params, "random_state": seed}).fit(X, y).transform(X)
+
+    seeds = list(range(4))
+    sequential = [fit(s) for s in seeds]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = list(pool.map(fit, seeds))
+    for seed, a, b in zip(seeds, sequential, threaded):
+        np.testing.assert_array_equal(a, b, err_msg=f"random_state={seed}")
+
+
 def test_transform_in_chunks_equals_one_pass(images, tiny, monkeypatch):
     X, y = images
     cim = CIMTransformer(**tiny).fit(X, y)
