@@ -100,13 +100,15 @@ class CIMNet(TorchNet):
         if self.objective.triplet_weight > 0:
             self.get_metric()  # fail before the first step if the trunk is unavailable
 
-    def has_unused_parameters(self):
-        return self.objective.classifier_weight == 0  # the head is not trained
+    def untrained_parameters(self):
+        if self.objective.classifier_weight == 0:  # nothing trains the head
+            return list(self.module_.head.parameters())
+        return []
 
     def get_metric(self):
-        key = (self.objective.distance, self.objective.pretrained)
+        key = (self.objective.distance, self.objective.pretrained, str(self.device))
         if getattr(self, "metric", None) is None or getattr(self, "metric_key", None) != key:
-            self.metric = make_distance(*key).to(self.device)
+            self.metric = make_distance(*key[:2]).to(self.device)
             if self.channels_last:
                 self.metric.use_channels_last()
             self.metric_key = key
@@ -247,17 +249,20 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         Keep the optimizer's state (Adam moments) in pickles, so that a warm
         start after unpickling continues exactly. Off, pickles are about three
         times smaller and a warm start after unpickling starts a fresh Adam.
-    distributed : {"auto", True, False}, default="auto"
+    distributed : {False, True, "auto"}, default=False
         Data-parallel training (torch DistributedDataParallel) with the other
         processes of an initialised ``torch.distributed`` process group, each
-        calling ``fit`` on the same data (see :mod:`sklearn_cim.distributed`
-        and :func:`~sklearn_cim.distributed.fit_distributed`). ``"auto"``:
-        when such a group of more than one process exists; ``True``: it must
-        exist; ``False``: always train alone. ``batch_size`` is then per process
-        and triplets are mined in each process's batch.
+        calling ``fit`` on the same data (a launcher such as ``torchrun``; see
+        :mod:`sklearn_cim.distributed`, whose
+        :func:`~sklearn_cim.distributed.fit_distributed` spawns the processes
+        itself). ``True``: the group must exist; ``"auto"``: when a group of
+        more than one process exists; ``False``: always train alone.
+        ``batch_size`` is then per process and triplets are mined in each
+        process's batch.
     random_state : int, RandomState instance or None, default=None
         Seeds network initialisation, batch order and random mining. On CPU,
-        equal seeds give bitwise-equal transforms.
+        equal seeds give bitwise-equal transforms at the same torch thread
+        count. In a data-parallel fit, rank 0's seed is used by all.
     verbose : int, default=0
         0 silent, 1 one log line per epoch, 2 also a progress bar.
     callbacks : list of skorch callbacks or None, default=None
@@ -329,7 +334,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         precision="auto",
         compile=False,
         keep_optimizer_state=False,
-        distributed="auto",
+        distributed=False,
         random_state=None,
         verbose=0,
         callbacks=None,

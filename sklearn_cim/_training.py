@@ -44,8 +44,8 @@ from ._validation import check_number, unique_classes
 from .distributed import (
     all_reduce_sum,
     broadcast_int,
+    check_agreement,
     check_distributed,
-    check_same_data,
     local_device,
     world,
 )
@@ -137,11 +137,22 @@ def place_training_data(X, device, *, pixels=True):
     batch is gathered from it and converted on its own.
     """
     if torch.device(device).type == "cuda":
-        itemsize = 1 if pixels and X.dtype.kind in "iub" else 4
+        dtype = torch.uint8 if pixels and X.dtype.kind in "iub" else torch.float32
         free = torch.cuda.mem_get_info(torch.device(device))[0]
-        if X.size * itemsize <= DEVICE_DATA_FRACTION * free:
-            return as_device_tensor(X, device, pixels=pixels)
+        if X.size * dtype.itemsize <= DEVICE_DATA_FRACTION * free:
+            return to_device_in_chunks(X, device, dtype)
     return X
+
+
+def to_device_in_chunks(X, device, dtype, chunk_bytes=2 ** 26):
+    """X as a ``dtype`` tensor on ``device``, converted and copied a chunk of
+    rows at a time (no whole converted copy on the host)."""
+    out = torch.empty(X.shape, dtype=dtype, device=device)
+    rows = max(1, chunk_bytes // max(1, X.shape[1] * X.itemsize))
+    for start in range(0, len(X), rows):
+        chunk = torch.from_numpy(_native(np.asarray(X[start:start + rows])))
+        out[start:start + rows] = chunk.to(device).to(dtype)
+    return out
 
 
 def _native(rows):
@@ -317,17 +328,20 @@ class TorchNet(NeuralNet):
         """``module_`` wrapped for training: DDP, then ``torch.compile``."""
         module = self.module_
         if self.world is not None:
-            cuda = torch.device(self.device).type == "cuda"
+            # DDP waits for a gradient of every trainable parameter in every
+            # step: those the loss does not use are frozen for this fit
+            for param in self.untrained_parameters():
+                param.requires_grad_(False)
+            device = torch.device(self.device)
             module = DistributedDataParallel(
-                module, device_ids=[torch.device(self.device).index or 0] if cuda else None,
-                find_unused_parameters=self.has_unused_parameters())
+                module, device_ids=[device.index] if device.type == "cuda" else None)
         if self.compile_options is not None:
             module = torch.compile(module, **self.compile_options)
         return module
 
-    def has_unused_parameters(self):
-        """Whether some parameters get no gradient in a step (DDP must know)."""
-        return False
+    def untrained_parameters(self):
+        """Parameters of ``module_`` the loss does not use (no gradient)."""
+        return []
 
     def prepare_training(self):
         """Build what training needs beyond skorch's modules; runs with torch's
@@ -388,8 +402,9 @@ class TorchNet(NeuralNet):
 
     def on_train_end(self, net, **kwargs):
         super().on_train_end(net, **kwargs)
-        # the compiled wrapper (and any CUDA-graph memory) lives for one fit
+        # the compiled / DDP wrapper (and any CUDA-graph memory) lives for one fit
         self.__dict__.pop("step_module", None)
+        self.module_.requires_grad_(True)
 
     def on_epoch_begin(self, net, **kwargs):
         super().on_epoch_begin(net, **kwargs)
@@ -443,6 +458,18 @@ class TorchNet(NeuralNet):
             self.initialize_optimizer()
 
 
+def move_net(net, device):
+    """Move a fitted net (module, optimizer state) to ``device``."""
+    net.device = device
+    net.module_.to(device)
+    for state in net.optimizer_.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                state[key] = value.to(device)
+    for name in ("batch_generator", "loss_generator"):
+        net.__dict__.pop(name, None)
+
+
 def default_callbacks(verbose, callbacks):
     """User callbacks plus a progress bar when ``verbose >= 2``."""
     out = list(callbacks or [])
@@ -493,6 +520,9 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
             if initialize:
                 net.initialize()
             net.prepare_training()
+        # left by a fit that raised: a wrapper (DDP of an old group) and frozen parameters
+        net.__dict__.pop("step_module", None)
+        net.module_.requires_grad_(True)
         for name in ("batch_generator", "loss_generator"):
             # a retry, or a continuation, starts the streams its seed gives
             net.__dict__.pop(name, None)
@@ -595,6 +625,7 @@ class TorchEstimatorMixin:
 
     def _new_net(self, seed, device, world=None):
         net_class, params = self._net_spec()
+        verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
         return net_class(
             criterion=nn.CrossEntropyLoss,
             optimizer=torch.optim.Adam,
@@ -602,8 +633,8 @@ class TorchEstimatorMixin:
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
             device=device,
-            verbose=self.verbose,
-            callbacks=default_callbacks(self.verbose, self.callbacks),
+            verbose=verbose,
+            callbacks=default_callbacks(verbose, self.callbacks),
             seed=seed,
             optimizer__fused=True,
             keep_optimizer_state=bool(self.keep_optimizer_state),
@@ -646,19 +677,21 @@ class TorchEstimatorMixin:
         """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
         data-parallel fit, with the other processes of the group."""
         group = world(self.distributed)
+        device = resolve_device(local_device(self.device) if group else self.device)
+        if group is not None:  # the first collective: do all processes agree?
+            check_agreement(warm, len(X), X.shape[1], device)
         if warm:
             net = self.net_
             self._refresh_net(net)
             net.world = group
+            if group is not None and torch.device(net.device) != torch.device(device):
+                move_net(net, device)  # e.g. rank 0's model, unpickled in every process
             seed = net.seed + len(net.history)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            device = resolve_device(local_device(self.device) if group else self.device)
             if group is not None:  # one seed (batch order, initial weights) for all
                 seed = broadcast_int(seed, device)
             net = self._new_net(seed, device, group)
-        if group is not None:
-            check_same_data(len(X), X.shape[1], net.device)
         X_t = place_training_data(X, net.device, pixels=self._pixels)
         y_t = torch.as_tensor(y, device=net.device)
         self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)

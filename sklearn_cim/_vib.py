@@ -154,12 +154,12 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         Keep the optimizer's state (Adam moments) in pickles, so that a warm
         start after unpickling continues exactly. Off, pickles are about three
         times smaller and a warm start after unpickling starts a fresh Adam.
-    distributed : {"auto", True, False}, default="auto"
+    distributed : {False, True, "auto"}, default=False
         Data-parallel training with the other processes of an initialised
         ``torch.distributed`` process group, each calling ``fit`` on the same
-        data (see :mod:`sklearn_cim.distributed`). ``"auto"``: when such a group
-        of more than one process exists; ``True``: it must exist; ``False``:
-        always train alone. ``batch_size`` is then per process.
+        data (see :mod:`sklearn_cim.distributed`). ``True``: the group must
+        exist; ``"auto"``: when a group of more than one process exists;
+        ``False``: always train alone. ``batch_size`` is then per process.
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, batch order, training noise and the test-time
         draws. torch's global random state is left unchanged.
@@ -231,7 +231,7 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         lr=1e-3,
         device="auto",
         keep_optimizer_state=False,
-        distributed="auto",
+        distributed=False,
         random_state=None,
         verbose=0,
         callbacks=None,

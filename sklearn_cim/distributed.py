@@ -10,13 +10,17 @@ with the ``gloo`` backend):
       fit_distributed(cim, X, y, nprocs=4)     # 4 GPUs, or 4 CPU processes
 
 * under a launcher (``torchrun --nproc_per_node=4 train.py``) every process
-  initialises the process group and calls ``fit`` on the same data; with
-  ``distributed="auto"`` (the default) the estimators notice the process
-  group and train together::
+  initialises the process group and calls ``fit`` on the same data, with
+  ``distributed=True`` (or ``"auto"``: when a group of more than one process
+  exists)::
 
       torch.distributed.init_process_group("nccl")   # "gloo" on CPU
       X = np.load("train_uint8.npy", mmap_mode="r")  # every rank: same file
-      cim = CIMTransformer(random_state=0).fit(X, y)
+      cim = CIMTransformer(distributed=True, random_state=0).fit(X, y)
+
+  Every process of the group must make the same fits, in the same order: a
+  fit made by some processes only waits for the others (until the group's
+  timeout).
 
 In both, every process holds the whole (X, y) (a memmap costs no memory) and
 each epoch is split as torch's ``DistributedSampler`` splits it: one
@@ -24,12 +28,13 @@ permutation, padded to a multiple of N by wrapping around, process ``r``
 taking every N-th sample from ``r``. ``batch_size`` is per process (so the
 global batch is ``N * batch_size``); triplets are mined inside each process's
 batch; gradients are averaged over the processes, so the weights stay equal
-on all of them. Logged epoch losses are averaged over all processes.
+on all of them. Logged epoch losses are averaged over all processes; only
+rank 0 prints (``verbose``), while callbacks run in every process.
 """
 
+import mmap
 import os
 import pickle
-import socket
 import tempfile
 from datetime import timedelta
 from numbers import Integral
@@ -38,11 +43,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-DISTRIBUTED = ("auto", True, False)
-
 
 # -- the process group, as the estimators see it --------------------------------
-def world(distributed="auto"):
+def world(distributed):
     """``(rank, world_size)`` when estimators should train data-parallel, else None.
 
     ``"auto"``: when a process group of more than one process is initialised.
@@ -79,6 +82,10 @@ def local_device(device):
         else:
             index = dist.get_rank() % torch.cuda.device_count()
         return f"cuda:{index}"
+    if isinstance(device, str) and device.startswith("cuda:"):
+        raise ValueError(
+            f"device={device!r} would put every process of the data-parallel fit on one "
+            "GPU; use device='auto' or 'cuda' (each process takes cuda:LOCAL_RANK).")
     return device
 
 
@@ -101,12 +108,20 @@ def all_reduce_sum(tensor, device):
     return t.to(tensor.device, torch.float32)
 
 
-def check_same_data(n_samples, n_features, device):
-    """Raise on every rank unless all ranks hold data of the same shape."""
-    t = torch.tensor([n_samples, n_features, -n_samples, -n_features],
-                     dtype=torch.int64, device=_collective_device(device))
+def check_agreement(warm, n_samples, n_features, device):
+    """Raise on every rank unless all ranks continue (or all start) a fit on
+    data of the same shape; the first collective of every data-parallel fit."""
+    mine = [int(warm), n_samples, n_features]
+    t = torch.tensor(mine + [-v for v in mine], dtype=torch.int64,
+                     device=_collective_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    if t[0].item() != -t[2].item() or t[1].item() != -t[3].item():
+    agree = [t[i].item() == -t[i + 3].item() for i in range(3)]
+    if not agree[0]:
+        raise ValueError(
+            "Some processes of the data-parallel fit continue a fitted model (warm_start "
+            "or partial_fit) and others start a new one; give every process the same "
+            "estimator state.")
+    if not all(agree[1:]):
         raise ValueError(
             f"The processes of the data-parallel fit hold different data (this one "
             f"{n_samples} x {n_features}). Pass every process the same X and y (e.g. "
@@ -114,17 +129,22 @@ def check_same_data(n_samples, n_features, device):
 
 
 # -- fit_distributed ------------------------------------------------------------
-def _free_port(host):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _file_offset(a):
+    """Byte offset in its file of a C-contiguous memmap's first element (also
+    for a slice, whose ``offset`` attribute is its parent's), or None."""
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not a.flags.c_contiguous or getattr(a, "mode", "r") == "c":
+        return None  # copy-on-write: the processes would not see changes
+    start = a.offset - a.offset % mmap.ALLOCATIONGRANULARITY  # where the mapping begins
+    return start + a.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data
 
 
 def _shareable(a):
     """What a spawned process needs to see ``a`` without a pickled copy each:
     a memmap's file, or (for other numeric arrays) a tensor in shared memory."""
-    if isinstance(a, np.memmap) and getattr(a, "filename", None) and a.flags.c_contiguous:
-        return ("memmap", str(a.filename), a.dtype.str, a.shape, a.offset)
+    offset = _file_offset(a) if isinstance(a, np.memmap) and a.filename else None
+    if offset is not None:
+        return ("memmap", str(a.filename), a.dtype.str, a.shape, offset)
     arr = np.asarray(a) if not hasattr(a, "iloc") else a
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "biuf" and arr.dtype.isnative:
         return ("tensor", torch.from_numpy(np.ascontiguousarray(arr)).share_memory_())
@@ -142,58 +162,61 @@ def _unshare(item):
     return item[1]
 
 
-def _run_rank(rank, estimator, X, y, nprocs, backend, addr, port, out_dir, timeout):
-    os.environ.update(MASTER_ADDR=addr, MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs))
+def _cpu_count():
     try:
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
-        else:
-            # the processes share the CPU cores
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // nprocs))
-        dist.init_process_group(backend, rank=rank, world_size=nprocs,
-                                timeout=timedelta(seconds=timeout))
-        try:
-            estimator.fit(_unshare(X), _unshare(y))
-        finally:
-            dist.destroy_process_group()
-        if rank == 0:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run_rank(rank, estimator, X, y, nprocs, backend, out_dir, timeout):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs))
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    else:
+        torch.set_num_threads(max(1, _cpu_count() // nprocs))  # the processes share the cores
+    dist.init_process_group(backend, init_method=f"file://{out_dir}/store", rank=rank,
+                            world_size=nprocs, timeout=timedelta(seconds=timeout))
+    try:
+        estimator.fit(_unshare(X), _unshare(y))
+        if rank == 0:  # the weights are equal everywhere; with Adam's state, to continue
             with open(os.path.join(out_dir, "estimator.pkl"), "wb") as f:
                 pickle.dump(estimator, f)
     except BaseException as exc:
-        try:
+        try:  # before leaving the group, which may wait for the others
             with open(os.path.join(out_dir, f"error-{rank}.pkl"), "wb") as f:
                 pickle.dump(exc, f)
         except Exception:  # an exception that does not pickle: the traceback says it
             pass
         raise
+    finally:
+        dist.destroy_process_group()
 
 
-def fit_distributed(estimator, X, y, *, nprocs, backend="auto", master_addr="127.0.0.1",
-                    timeout=1800):
+def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
     """Fit ``estimator`` data-parallel on ``nprocs`` spawned processes.
 
-    Each process runs ``estimator.fit(X, y)`` in a torch.distributed process
-    group (see the module docstring for how the work is split); the fitted
-    estimator of rank 0 (the weights are equal on all ranks) is copied into
-    ``estimator``, as if ``estimator.fit(X, y)`` had been called.
+    Each process runs ``estimator.fit(X, y)`` with ``distributed=True`` in a
+    torch.distributed process group on this machine (see the module docstring
+    for how the work is split); the fitted estimator of rank 0 (the weights are
+    equal on all ranks), Adam's state included, is copied into ``estimator``,
+    as if ``estimator.fit(X, y)`` had been called. In a script, call it under
+    ``if __name__ == "__main__":``: the processes are spawned.
 
     Parameters
     ----------
     estimator : CIMTransformer or VIBClassifier
         Unfitted, or fitted with ``warm_start=True`` to continue training.
-        Its ``distributed`` parameter must not be False.
     X, y : arrays as for ``estimator.fit``
-        Numeric arrays reach the processes through shared memory (one copy);
-        a ``np.memmap`` through its file (no copy).
+        A ``np.memmap`` (or a contiguous slice of one) reaches the processes
+        through its file (no copy); other numeric arrays through shared memory
+        (one copy, in ``/dev/shm`` on Linux).
     nprocs : int
         Number of processes: one per GPU with ``backend="nccl"``.
     backend : {"auto", "nccl", "gloo"}, default="auto"
         ``"auto"``: ``"nccl"`` when CUDA is available and the estimator's
         ``device`` is not ``"cpu"``, else ``"gloo"`` (CPU processes, each given
         ``cpu_count // nprocs`` torch threads).
-    master_addr : str, default="127.0.0.1"
-        Address the processes meet at (a free port is chosen).
     timeout : float, default=1800
         Seconds a process waits for the others in a collective before failing.
 
@@ -203,10 +226,10 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", master_addr="127
     """
     if not isinstance(nprocs, Integral) or isinstance(nprocs, bool) or nprocs < 1:
         raise ValueError(f"nprocs must be a positive integer, got {nprocs!r}.")
-    if estimator.get_params().get("distributed", False) is False:
-        raise ValueError(
-            "fit_distributed needs an estimator with distributed='auto' or True; "
-            f"{type(estimator).__name__} has distributed=False.")
+    if "distributed" not in estimator.get_params():
+        raise TypeError(
+            f"fit_distributed fits sklearn_cim's estimators (CIMTransformer, "
+            f"VIBClassifier), not {type(estimator).__name__}.")
     if backend == "auto":
         on_cuda = torch.cuda.is_available() and estimator.device != "cpu"
         backend = "nccl" if on_cuda else "gloo"
@@ -217,22 +240,29 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", master_addr="127
             f"nprocs={nprocs} processes need {nprocs} GPUs with backend='nccl', but "
             f"{torch.cuda.device_count()} are visible. Lower nprocs, or use "
             "backend='gloo' with device='cpu'.")
-    port = _free_port(master_addr)
+    params = {"distributed": estimator.distributed,
+              "keep_optimizer_state": estimator.keep_optimizer_state}
     with tempfile.TemporaryDirectory(prefix="sklearn-cim-ddp-") as out_dir:
-        args = (estimator, _shareable(X), _shareable(y), nprocs, backend, master_addr,
-                port, out_dir, timeout)
+        # to the processes and back with Adam's state, to continue exactly
+        estimator.set_params(distributed=True, keep_optimizer_state=True)
         try:
+            args = (estimator, _shareable(X), _shareable(y), nprocs, backend, out_dir,
+                    timeout)
             torch.multiprocessing.start_processes(
                 _run_rank, args=args, nprocs=nprocs, join=True, start_method="spawn")
-        except Exception as exc:
-            for rank in range(nprocs):
+        except torch.multiprocessing.ProcessRaisedException as exc:
+            first = getattr(exc, "error_index", 0)  # the process that failed first
+            for rank in [first] + [r for r in range(nprocs) if r != first]:
                 path = os.path.join(out_dir, f"error-{rank}.pkl")
                 if os.path.exists(path):
                     with open(path, "rb") as f:
                         raise pickle.load(f) from exc
             raise
+        finally:
+            estimator.set_params(**params)
         with open(os.path.join(out_dir, "estimator.pkl"), "rb") as f:
             fitted = pickle.load(f)
     vars(estimator).clear()
     vars(estimator).update(vars(fitted))
+    estimator.set_params(**params)
     return estimator

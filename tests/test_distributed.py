@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from sklearn_cim import CIMTransformer, VIBClassifier
 from sklearn_cim._training import IndexBatches
-from sklearn_cim.distributed import fit_distributed, world
+from sklearn_cim.distributed import _shareable, _unshare, fit_distributed, world
 
 # LPIPS with a random trunk: the trunk must be the same in every process.
 DDP_CIM = dict(distance="lpips-squeeze", pretrained=False, max_epochs=4, batch_size=16,
@@ -120,13 +120,34 @@ def test_distributed_true_needs_a_process_group(tiny):
 
 
 def test_fit_distributed_checks_its_arguments(tiny):
+    from sklearn.linear_model import LogisticRegression
+
     X, y = _bars(n=32, side=8)
     with pytest.raises(ValueError, match="nprocs must be a positive integer"):
         fit_distributed(CIMTransformer(**tiny), X, y, nprocs=0)
-    with pytest.raises(ValueError, match="distributed=False"):
-        fit_distributed(CIMTransformer(**tiny, distributed=False), X, y, nprocs=2)
+    with pytest.raises(TypeError, match="not LogisticRegression"):
+        fit_distributed(LogisticRegression(), X.reshape(32, -1), y, nprocs=2)
     with pytest.raises(ValueError, match="backend must be"):
         fit_distributed(CIMTransformer(**tiny), X, y, nprocs=2, backend="mpi")
+
+
+def test_memmaps_reach_the_processes_by_file_with_the_right_rows(tmp_path):
+    """A memmap (or a contiguous slice of one, whose ``offset`` attribute is its
+    parent's) is reopened from its file at its own first row."""
+    data = np.arange(5000 * 7, dtype=np.float32).reshape(5000, 7)
+    path = tmp_path / "x.f4"
+    data.tofile(path)
+    mm = np.memmap(path, dtype=np.float32, mode="r", shape=data.shape)
+    offset_mm = np.memmap(path, dtype=np.float32, mode="r", shape=(4000, 7), offset=7 * 4 * 1000)
+    for source, expected in [(mm, data), (mm[1234:], data[1234:]), (mm[10:20], data[10:20]),
+                             (offset_mm, data[1000:]), (offset_mm[5:], data[1005:])]:
+        item = _shareable(source)
+        assert item[0] == "memmap"
+        np.testing.assert_array_equal(_unshare(item), expected)
+    assert _shareable(mm[::2])[0] == "tensor"  # not contiguous: through shared memory
+    cow = np.memmap(path, dtype=np.float32, mode="c", shape=data.shape)
+    assert _shareable(cow)[0] == "tensor"  # copy-on-write changes live in this process only
+    np.testing.assert_array_equal(_unshare(_shareable(data[3:])), data[3:])
 
 
 @pytest.fixture
@@ -152,7 +173,7 @@ def test_ddp_path_with_one_process_equals_plain_training(one_process_group):
     np.testing.assert_array_equal(ddp.transform(X), plain.transform(X))
     assert ddp.history_[:, "train_loss"] == plain.history_[:, "train_loss"]
     # "auto" trains alone in a group of one process
-    assert CIMTransformer(**params).fit(X, y).net_.world is None
+    assert CIMTransformer(**params, distributed="auto").fit(X, y).net_.world is None
     pickle.loads(pickle.dumps(ddp))  # nothing of the process group is pickled
 
 
@@ -164,15 +185,20 @@ def _launched_rank(rank, port, out_dir):
                             world_size=2, timeout=timedelta(seconds=120))
     try:
         X, y = _bars()
-        cim = CIMTransformer(**dict(DDP_CIM, random_state=None)).fit(X, y)
+        cim = CIMTransformer(**dict(DDP_CIM, random_state=None), distributed=True).fit(X, y)
         vib = VIBClassifier(max_epochs=2, batch_size=16, latent_dim=4, device="cpu",
-                            random_state=rank).fit(X.reshape(len(X), -1), y)
+                            random_state=rank, distributed=True).fit(X.reshape(len(X), -1), y)
+        # nothing trains the head: DDP must not wait for its gradients
+        no_head = CIMTransformer(**dict(DDP_CIM, max_epochs=2, classifier_weight=0.0,
+                                        head="vib"), distributed=True).fit(X, y)
     finally:
         dist.destroy_process_group()
     state = {k: v.numpy() for k, v in cim.net_.module_.state_dict().items()}
     vib_state = {k: v.numpy() for k, v in vib.net_.module_.state_dict().items()}
+    no_head_state = {k: v.numpy() for k, v in no_head.net_.module_.state_dict().items()}
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
-        pickle.dump(dict(state=state, vib_state=vib_state, world=cim.net_.world,
+        pickle.dump(dict(state=state, vib_state=vib_state, no_head_state=no_head_state,
+                         world=cim.net_.world,
                          history=cim.history_[:, ("train_loss", "train_triplet")],
                          batches=cim.history_[:, "train_batch_count"],
                          psi_shape=cim.transform(X).shape), f)
@@ -184,7 +210,7 @@ def test_two_launched_processes_train_one_model(tmp_path):
                                           nprocs=2, join=True, start_method="spawn")
     r0, r1 = (pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in (0, 1))
     assert (r0["world"], r1["world"]) == ((0, 2), (1, 2))
-    for key in ("state", "vib_state"):  # gradients averaged: the same weights everywhere
+    for key in ("state", "vib_state", "no_head_state"):  # the same weights everywhere
         assert r0[key].keys() == r1[key].keys()
         for name in r0[key]:
             np.testing.assert_array_equal(r0[key][name], r1[key][name], err_msg=name)
@@ -200,6 +226,10 @@ def test_fit_distributed_returns_a_fitted_estimator():
     cim = CIMTransformer(**DDP_CIM)
     assert fit_distributed(cim, X, y, nprocs=2, backend="gloo") is cim
     assert cim.net_.world == (0, 2)
+    # the parameters are the caller's; Adam's state came back, to continue exactly
+    assert cim.get_params()["distributed"] is False
+    assert cim.get_params()["keep_optimizer_state"] is False
+    assert len(cim.net_.optimizer_.state) > 0
     single = CIMTransformer(**DDP_CIM, distributed=False).fit(X, y)
     psi = cim.transform(X)
     assert psi.shape == single.transform(X).shape == X.shape
@@ -212,8 +242,50 @@ def test_fit_distributed_returns_a_fitted_estimator():
     assert cim.net_.world is None and len(cim.history_) == DDP_CIM["max_epochs"] + 1
 
 
-def test_fit_distributed_raises_the_processes_error():
+def test_fit_distributed_raises_the_processes_error(tmp_path):
     X, y = _bars()
     X[0, 0, 0, 0] = 2.0  # outside data_range: every process raises in validation
+    mm = np.memmap(tmp_path / "x.f4", dtype=np.float32, mode="w+", shape=X.shape)
+    mm[:] = X
+    mm.flush()  # passed to the processes by its file name
     with pytest.raises(ValueError, match="outside data_range"):
-        fit_distributed(CIMTransformer(**DDP_CIM), X, y, nprocs=2, backend="gloo")
+        fit_distributed(CIMTransformer(**DDP_CIM), mm, y, nprocs=2, backend="gloo")
+
+
+def _rank_with_other_data(rank, port, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2, timeout=timedelta(seconds=120))
+    try:
+        X, y = _bars(n=32 + 2 * rank)
+        CIMTransformer(**DDP_CIM, distributed=True).fit(X, y)
+        message = "no error"
+    except ValueError as exc:
+        message = str(exc)
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(message)
+
+
+def test_processes_with_different_data_all_raise(tmp_path):
+    torch.multiprocessing.start_processes(_rank_with_other_data,
+                                          args=(_port(), str(tmp_path)),
+                                          nprocs=2, join=True, start_method="spawn")
+    for rank in (0, 1):
+        assert "hold different data" in (tmp_path / f"rank{rank}.txt").read_text()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64, ">f4", np.int64])
+def test_device_copy_in_chunks_equals_the_whole_conversion(dtype):
+    """On CUDA a training set that fits is uploaded chunk by chunk (no whole
+    converted copy on the host); the result is the whole conversion's."""
+    from sklearn_cim._training import as_device_tensor, to_device_in_chunks
+
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 256, size=(23, 5)).astype(dtype)
+    pixels = np.dtype(dtype).kind in "iu"
+    whole = as_device_tensor(X, "cpu", pixels=pixels)
+    chunked = to_device_in_chunks(X, "cpu", whole.dtype, chunk_bytes=3 * 5 * X.itemsize)
+    assert chunked.dtype == whole.dtype
+    assert torch.equal(chunked, whole)
