@@ -18,6 +18,15 @@ Prints (and appends to ``--out``) one JSON line per check:
 * ``*_params_cuda_to_cpu``: ``save_params`` on CUDA (safetensors), ``load_params``
   in a process that sees no GPU, same outputs;
 * ``*_warm_start_cuda``, ``*_partial_fit_cuda``: continued training on CUDA.
+
+``--only-scaling`` runs the scaling-out checks instead:
+
+* ``cuda_streamed_vs_resident``: fit from a uint8 ``np.memmap`` with the
+  training set copied to the GPU (the default when it fits) and streamed batch
+  by batch (forced); samples/s of each and their last losses;
+* ``ddp_nccl``: ``fit_distributed`` with one process per visible GPU (nccl;
+  with one GPU, a group of one, which still runs the DDP path): device, steps
+  per epoch, losses.
 """
 
 import argparse
@@ -141,6 +150,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, tiny data")
     parser.add_argument("--only-persistence", action="store_true",
                         help="run only the save_params / warm start / partial_fit checks")
+    parser.add_argument("--only-scaling", action="store_true",
+                        help="run only the streaming and DDP (nccl) checks")
     args = parser.parse_args()
     os.makedirs(args.tmp, exist_ok=True)
     emit(args.out, {"check": "versions", **{k: str(v) for k, v in sklearn_cim._show_versions
@@ -152,6 +163,9 @@ def main():
                   batch_size=256, random_state=0)
     if args.only_persistence:
         persistence_checks(args, params, X_tr, y_tr, X_id, flat)
+        return
+    if args.only_scaling:
+        scaling_checks(args, params)
         return
     t0 = time.time()
     cim = CIMTransformer(**params).fit(X_tr, y_tr)
@@ -227,6 +241,42 @@ def persistence_checks(args, params, X_tr, y_tr, X_id, flat):
                                     flat(X_tr), y_tr)
     emit(args.out, {"check": "vib_warm_start_cuda", **warm})
     emit(args.out, {"check": "vib_partial_fit_cuda", **part})
+
+
+def scaling_checks(args, params):
+    import sklearn_cim._training as training
+    from sklearn_cim.distributed import fit_distributed
+
+    rng = np.random.RandomState(0)
+    n, side = (1024, 32) if args.quick else (16384, 64)
+    path = os.path.join(args.tmp, "train.u8")
+    X = np.memmap(path, dtype=np.uint8, mode="w+", shape=(n, 3 * side * side))
+    X[:] = rng.randint(0, 256, size=X.shape, dtype=np.uint8)
+    X.flush()
+    X = np.memmap(path, dtype=np.uint8, mode="r", shape=(n, 3 * side * side))
+    y = rng.randint(0, 10, n)
+    small = {**params, "max_epochs": 2}
+    CIMTransformer(**{**small, "max_epochs": 1}).fit(X[:512], y[:512])  # warm-up
+    record = {"check": "cuda_streamed_vs_resident", "n": n, "px": side}
+    default_fraction = training.DEVICE_DATA_FRACTION
+    for name, fraction in (("resident", default_fraction), ("streamed", 0.0)):
+        training.DEVICE_DATA_FRACTION = fraction
+        try:
+            t0 = time.time()
+            est = CIMTransformer(**small).fit(X, y)
+            sync()
+            record[name + "_fit_samples_per_s"] = round(2 * n / (time.time() - t0), 1)
+            record[name + "_last_loss"] = est.history_[-1, "train_loss"]
+        finally:
+            training.DEVICE_DATA_FRACTION = default_fraction
+    emit(args.out, record)
+    nprocs = max(1, torch.cuda.device_count())
+    t0 = time.time()
+    est = fit_distributed(CIMTransformer(**small), X, y, nprocs=nprocs)
+    emit(args.out, {"check": "ddp_nccl", "nprocs": nprocs, "seconds": round(time.time() - t0, 2),
+                    "device_": est.device_, "world": est.net_.world,
+                    "steps_per_epoch": est.history_[:, "train_batch_count"],
+                    "train_loss": est.history_[:, "train_loss"]})
 
 
 if __name__ == "__main__":
