@@ -149,9 +149,12 @@ def to_device_in_chunks(X, device, dtype, chunk_bytes=2 ** 26):
     rows at a time (no whole converted copy on the host)."""
     out = torch.empty(X.shape, dtype=dtype, device=device)
     rows = max(1, chunk_bytes // max(1, X.shape[1] * X.itemsize))
-    for start in range(0, len(X), rows):
-        chunk = torch.from_numpy(_native(np.asarray(X[start:start + rows])))
-        out[start:start + rows] = chunk.to(device).to(dtype)
+    with warnings.catch_warnings():
+        # Read-only inputs (memmaps) are only ever read.
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        for start in range(0, len(X), rows):
+            chunk = torch.from_numpy(_native(np.asarray(X[start:start + rows])))
+            out[start:start + rows] = chunk.to(device).to(dtype)
     return out
 
 
@@ -330,8 +333,10 @@ class TorchNet(NeuralNet):
         if self.world is not None:
             # DDP waits for a gradient of every trainable parameter in every
             # step: those the loss does not use are frozen for this fit
-            for param in self.untrained_parameters():
+            frozen = [p for p in self.untrained_parameters() if p.requires_grad]
+            for param in frozen:
                 param.requires_grad_(False)
+            self.__dict__["ddp_frozen"] = frozen
             device = torch.device(self.device)
             module = DistributedDataParallel(
                 module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -404,7 +409,12 @@ class TorchNet(NeuralNet):
         super().on_train_end(net, **kwargs)
         # the compiled / DDP wrapper (and any CUDA-graph memory) lives for one fit
         self.__dict__.pop("step_module", None)
-        self.module_.requires_grad_(True)
+        self.thaw_parameters()
+
+    def thaw_parameters(self):
+        """Unfreeze what :meth:`training_module` froze (nothing else)."""
+        for param in self.__dict__.pop("ddp_frozen", []):
+            param.requires_grad_(True)
 
     def on_epoch_begin(self, net, **kwargs):
         super().on_epoch_begin(net, **kwargs)
@@ -435,7 +445,7 @@ class TorchNet(NeuralNet):
     # -- persistence ----------------------------------------------------------
     transient_attributes = (
         "batch_generator", "loss_generator", "epoch_term_sums", "epoch_term_count",
-        "step_module",
+        "step_module", "ddp_frozen",
     )
 
     def __getstate__(self):
@@ -522,7 +532,7 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
             net.prepare_training()
         # left by a fit that raised: a wrapper (DDP of an old group) and frozen parameters
         net.__dict__.pop("step_module", None)
-        net.module_.requires_grad_(True)
+        net.thaw_parameters()
         for name in ("batch_generator", "loss_generator"):
             # a retry, or a continuation, starts the streams its seed gives
             net.__dict__.pop(name, None)
@@ -684,8 +694,10 @@ class TorchEstimatorMixin:
             net = self.net_
             self._refresh_net(net)
             net.world = group
-            if group is not None and torch.device(net.device) != torch.device(device):
-                move_net(net, device)  # e.g. rank 0's model, unpickled in every process
+            if group is not None:
+                net.verbose = self.verbose if group[0] == 0 else 0  # rank 0 prints
+                if torch.device(net.device) != torch.device(device):
+                    move_net(net, device)  # e.g. rank 0's model, unpickled in every process
             seed = net.seed + len(net.history)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))

@@ -51,6 +51,7 @@ def world(distributed):
     ``"auto"``: when a process group of more than one process is initialised.
     ``True``: that group must exist. ``False``: never.
     """
+    check_distributed(distributed)
     mode = "auto" if isinstance(distributed, str) else bool(distributed)
     if mode is False:
         return None

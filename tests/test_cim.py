@@ -106,6 +106,17 @@ def test_fits_in_concurrent_threads_equal_sequential_fits(images, tiny):
         np.testing.assert_array_equal(a, b, err_msg=f"random_state={seed}")
 
 
+def test_layers_frozen_by_hand_stay_frozen_in_a_warm_fit(images, tiny):
+    X, y = images
+    cim = CIMTransformer(**tiny).fit(X, y)
+    head = cim.net_.module_.head
+    head.requires_grad_(False)
+    before = [p.detach().clone() for p in head.parameters()]
+    cim.set_params(warm_start=True, max_epochs=2).fit(X, y)
+    assert not any(p.requires_grad for p in head.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, head.parameters()))
+
+
 def test_transform_in_chunks_equals_one_pass(images, tiny, monkeypatch):
     X, y = images
     cim = CIMTransformer(**tiny).fit(X, y)

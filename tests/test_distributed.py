@@ -172,6 +172,15 @@ def test_ddp_path_with_one_process_equals_plain_training(one_process_group):
     assert plain.net_.world is None
     np.testing.assert_array_equal(ddp.transform(X), plain.transform(X))
     assert ddp.history_[:, "train_loss"] == plain.history_[:, "train_loss"]
+    # what DDP froze (a head nothing trains) is thawed; what the user froze stays
+    no_head = CIMTransformer(**params, classifier_weight=0.0, distributed=True).fit(X, y)
+    assert all(p.requires_grad for p in no_head.net_.module_.parameters())
+    first = next(no_head.net_.module_.mask_net.parameters())
+    first.requires_grad_(False)
+    before = first.detach().clone()
+    no_head.set_params(warm_start=True).fit(X, y)
+    assert not first.requires_grad and torch.equal(first, before)
+    assert all(p.requires_grad for p in no_head.net_.module_.head.parameters())
     # "auto" trains alone in a group of one process
     assert CIMTransformer(**params, distributed="auto").fit(X, y).net_.world is None
     pickle.loads(pickle.dumps(ddp))  # nothing of the process group is pickled
@@ -221,7 +230,7 @@ def test_two_launched_processes_train_one_model(tmp_path):
     assert r0["psi_shape"] == (64, 1, 20, 20)
 
 
-def test_fit_distributed_returns_a_fitted_estimator():
+def test_fit_distributed_returns_a_fitted_estimator(capfd):
     X, y = _bars()
     cim = CIMTransformer(**DDP_CIM)
     assert fit_distributed(cim, X, y, nprocs=2, backend="gloo") is cim
@@ -237,9 +246,17 @@ def test_fit_distributed_returns_a_fitted_estimator():
     losses = cim.history_[:, "train_loss"]
     assert len(losses) == DDP_CIM["max_epochs"] and losses[-1] < losses[0]
     assert cim.history_[:, "train_batch_count"] == [2] * DDP_CIM["max_epochs"]
-    # the fitted estimator continues alone, outside the group
-    cim.set_params(warm_start=True, max_epochs=1).fit(X, y)
-    assert cim.net_.world is None and len(cim.history_) == DDP_CIM["max_epochs"] + 1
+    # it continues data-parallel (rank 0 alone prints) ...
+    capfd.readouterr()
+    fit_distributed(cim.set_params(warm_start=True, max_epochs=1, verbose=1), X, y,
+                    nprocs=2, backend="gloo")
+    printed = capfd.readouterr().out
+    lines = [line for line in printed.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].split()[0] == "5", printed  # one process printed
+    assert len(cim.history_) == DDP_CIM["max_epochs"] + 1
+    # ... and alone, outside the group
+    cim.set_params(verbose=0).fit(X, y)
+    assert cim.net_.world is None and len(cim.history_) == DDP_CIM["max_epochs"] + 2
 
 
 def test_fit_distributed_raises_the_processes_error(tmp_path):
