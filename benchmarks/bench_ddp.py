@@ -13,13 +13,13 @@ so the distributed fit takes ``nprocs`` times fewer steps per epoch).
 """
 
 import argparse
-import json
 import os
 import platform
 import time
 
 import numpy as np
 import torch
+from _jsonl import emit
 
 from sklearn_cim import CIMTransformer
 from sklearn_cim.distributed import fit_distributed
@@ -45,33 +45,27 @@ def main(argv=None):
                               batch_size=args.batch_size, device=args.device,
                               random_state=0)
 
-    lines = [dict(what="header", machine=platform.machine(), cpus=os.cpu_count(),
-                  torch=torch.__version__, threads=torch.get_num_threads(),
-                  device=args.device, n=args.n, side=args.side, epochs=args.epochs,
-                  batch_size_per_process=args.batch_size, date=time.strftime("%Y-%m-%d"))]
-    print(json.dumps(lines[-1]), flush=True)
+    emit(args.out, dict(what="header", machine=platform.machine(), cpus=os.cpu_count(),
+                        torch=torch.__version__, threads=torch.get_num_threads(),
+                        device=args.device, n=args.n, side=args.side, epochs=args.epochs,
+                        batch_size_per_process=args.batch_size,
+                        date=time.strftime("%Y-%m-%d")))
 
     make().set_params(max_epochs=1).fit(X[:256], y[:256])  # warm-up: LPIPS, kernels
     t0 = time.perf_counter()
     single = make().fit(X, y)
     single_s = time.perf_counter() - t0
-    lines.append(dict(what="single", wall_s=round(single_s, 2),
-                      last_train_loss=round(single.history_[-1, "train_loss"], 4),
-                      steps_per_epoch=single.history_[-1, "train_batch_count"]))
-    print(json.dumps(lines[-1]), flush=True)
+    emit(args.out, dict(what="single", wall_s=round(single_s, 2),
+                        last_train_loss=round(single.history_[-1, "train_loss"], 4),
+                        steps_per_epoch=single.history_[-1, "train_batch_count"]))
 
     t0 = time.perf_counter()
     ddp = fit_distributed(make(), X, y, nprocs=args.nprocs)
     ddp_s = time.perf_counter() - t0
-    lines.append(dict(what="distributed", nprocs=args.nprocs, wall_s=round(ddp_s, 2),
-                      last_train_loss=round(ddp.history_[-1, "train_loss"], 4),
-                      steps_per_epoch=ddp.history_[-1, "train_batch_count"],
-                      single_over_distributed=round(single_s / ddp_s, 2)))
-    print(json.dumps(lines[-1]), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
+    emit(args.out, dict(what="distributed", nprocs=args.nprocs, wall_s=round(ddp_s, 2),
+                        last_train_loss=round(ddp.history_[-1, "train_loss"], 4),
+                        steps_per_epoch=ddp.history_[-1, "train_batch_count"],
+                        single_over_distributed=round(single_s / ddp_s, 2)))
 
 
 if __name__ == "__main__":

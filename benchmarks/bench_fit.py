@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _jsonl import emit
 from skorch.callbacks import Callback
 
 from sklearn_cim import CIMTransformer
@@ -250,12 +251,7 @@ def main(argv=None):
                                or platform.machine()),
         torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(),
         date=time.strftime("%Y-%m-%d"))
-    lines = [header]
-    print(json.dumps(header), flush=True)
-
-    def emit(line):
-        lines.append(line)
-        print(json.dumps(line), flush=True)
+    emit(args.out, header)
 
     for side in sizes:
         if cuda:
@@ -264,14 +260,11 @@ def main(argv=None):
         else:
             n = args.n or (1024 if side <= 32 else 384)
             epochs = args.epochs or 2
-        emit(bench_size(side, n=n, epochs=epochs, batch_size=batch_size, device=args.device))
+        emit(args.out, bench_size(side, n=n, epochs=epochs, batch_size=batch_size,
+                                  device=args.device))
     mem_n = (2048, 65536)  # 24 MB and 768 MB of 64 px RGB uint8
-    emit(bench_memory(64, mem_n, batch_size, args.device))
-    emit(bench_pickle(args.device))
-    if args.out:
-        with open(args.out, "a") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
+    emit(args.out, bench_memory(64, mem_n, batch_size, args.device))
+    emit(args.out, bench_pickle(args.device))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import warnings
 
 import numpy as np
 import torch
+from _jsonl import emit
 from skorch.callbacks import Callback
 
 SIDE = 64
@@ -112,10 +113,9 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]))))
         return
-    lines = [dict(what="header", machine=platform.machine(), cpus=os.cpu_count(),
-                  torch=torch.__version__, side=SIDE, batch_size=BATCH, steps=STEPS,
-                  date=time.strftime("%Y-%m-%d"))]
-    print(json.dumps(lines[0]), flush=True)
+    emit(args.out, dict(what="header", machine=platform.machine(), cpus=os.cpu_count(),
+                        torch=torch.__version__, side=SIDE, batch_size=BATCH, steps=STEPS,
+                        date=time.strftime("%Y-%m-%d")))
     for kind in args.kinds:
         runs = []
         for n in args.sizes:
@@ -124,16 +124,10 @@ def main(argv=None):
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         (a, b) = runs
         slope = (b["peak_rise_mb"] - a["peak_rise_mb"]) / (b["input_mb"] - a["input_mb"])
-        line = dict(what="memory", kind=kind, n=args.sizes,
-                    input_mb=[round(r["input_mb"], 1) for r in runs],
-                    fit_peak_rise_mb=[round(r["peak_rise_mb"], 1) for r in runs],
-                    fit_extra_bytes_per_input_byte=round(slope, 3))
-        lines.append(line)
-        print(json.dumps(line), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
+        emit(args.out, dict(what="memory", kind=kind, n=args.sizes,
+                            input_mb=[round(r["input_mb"], 1) for r in runs],
+                            fit_peak_rise_mb=[round(r["peak_rise_mb"], 1) for r in runs],
+                            fit_extra_bytes_per_input_byte=round(slope, 3)))
 
 
 if __name__ == "__main__":

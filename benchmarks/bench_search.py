@@ -30,7 +30,6 @@ are random, ``pretrained=False``, so nothing is downloaded) and a
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -39,6 +38,7 @@ import joblib
 import numpy as np
 import sklearn
 import torch
+from _jsonl import emit
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -158,12 +158,7 @@ def main(argv=None):
         blas_threads=thread_counts()[1], omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
         sklearn=sklearn.__version__, joblib=joblib.__version__,
         distributed=distributed.__version__, date=time.strftime("%Y-%m-%d"))
-    lines = [header]
-    print(json.dumps(header), flush=True)
-
-    def emit(line):
-        lines.append(line)
-        print(json.dumps(line), flush=True)
+    emit(args.out, header)
 
     X, y = make_data(args.n, args.side)
     setting = dict(n=len(X), side=args.side, candidates=args.candidates, folds=args.folds,
@@ -174,7 +169,7 @@ def main(argv=None):
     dask_s, started, counts, on_dask = run_dask(args, X, y)
     worker_torch = sorted({c[0] for c in counts})
     worker_blas = sorted({c[1] for c in counts})
-    emit(dict(what="dask", **setting, workers=args.workers,
+    emit(args.out, dict(what="dask", **setting, workers=args.workers,
               threads_per_worker=args.threads_per_worker, worker_torch_threads=worker_torch,
               worker_blas_threads=worker_blas, cluster_start_s=round(started, 2),
               wall_s=round(dask_s, 2)))
@@ -183,18 +178,14 @@ def main(argv=None):
         # BLAS (LogisticRegression) as on the workers when torch is, else as here
         blas = worker_blas[0] if [threads] == worker_torch and len(worker_blas) == 1 else own[1]
         serial_s, serial = run_serial(args, X, y, threads, blas)
-        emit(dict(what="serial", **setting, torch_threads=threads, blas_threads=blas,
+        emit(args.out, dict(what="serial", **setting, torch_threads=threads, blas_threads=blas,
                   wall_s=round(serial_s, 2)))
         equal, diff = compare(serial, on_dask)
-        emit(dict(what="summary", serial_torch_threads=threads,
+        emit(args.out, dict(what="summary", serial_torch_threads=threads,
                   worker_torch_threads=worker_torch,
                   serial_over_dask=round(serial_s / dask_s, 2),
                   cv_results_equal=equal, max_abs_score_diff=diff,
                   mean_test_score=on_dask["mean_test_score"]))
-    if args.out:
-        with open(args.out, "a") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":

@@ -39,19 +39,12 @@ import time
 
 import numpy as np
 import torch
+from _jsonl import emit
 from sklearn.linear_model import LogisticRegression
 
 import sklearn_cim
 from sklearn_cim import CIMTransformer
 from sklearn_cim.datasets import make_colored_digits
-
-
-def emit(out, record):
-    line = json.dumps(record)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
 
 
 def coloured_digits(seed=0):
