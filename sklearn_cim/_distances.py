@@ -23,6 +23,7 @@ callable                  whatever ``(a, b) -> (N,)`` returns.
 """
 
 import os
+import re
 import warnings
 
 import torch
@@ -191,12 +192,41 @@ def _trunk_weight_file(trunk):
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 
 
+def lpips_calibration_file(trunk):
+    """Path of the linear calibration weights (v0.1) shipped with ``lpips``."""
+    import lpips
+
+    return os.path.join(os.path.dirname(os.path.abspath(lpips.__file__)), "weights", "v0.1",
+                        f"{trunk}.pth")
+
+
+def _load_calibration(model, trunk):
+    """Load the shipped ``lin*`` calibration into ``model`` and check every key
+    was used (lpips itself loads it with ``strict=False``, which skips a file
+    whose keys do not match the layers without a word)."""
+    path = lpips_calibration_file(trunk)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # lin0, lin1, ... (``lins.N`` names the same tensors again)
+    lin_keys = {k for k in model.state_dict() if re.match(r"lin\d+\.", k)}
+    if set(state) != lin_keys:
+        raise RuntimeError(
+            f"The LPIPS calibration file {path} holds {sorted(state)}, but the '{trunk}' "
+            f"metric's linear layers are {sorted(lin_keys)}; the installed lpips package "
+            "does not match the one this code was written for (lpips 0.1.4)."
+        )
+    model.load_state_dict(state, strict=False)
+
+
 def load_lpips(trunk, pretrained):
-    """Build a frozen ``lpips.LPIPS`` in eval mode, without dropout or prints.
+    """Build a frozen ``lpips.LPIPS`` in eval mode, with its calibration.
 
     ``pretrained=True`` takes the ImageNet trunk from torchvision's cache
     (downloading it when online); ``pretrained=False`` uses a random trunk. The
-    linear calibration layers ship with the ``lpips`` package either way.
+    linear calibration layers (non-negative channel weights learned from human
+    judgements) ship with the ``lpips`` package and are loaded either way,
+    with a check that every weight was taken from the file. The model keeps
+    lpips's Dropout layers (their keys are the file's) and stays in eval mode,
+    where they do nothing.
     """
     import lpips
 
@@ -205,8 +235,10 @@ def load_lpips(trunk, pretrained):
         warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*",
                                 category=UserWarning)
         try:
-            model = lpips.LPIPS(net=trunk, pretrained=True, pnet_rand=not pretrained,
-                                use_dropout=False, verbose=False)
+            # lpips's own pretrained=True would load the calibration with
+            # strict=False; it is loaded and checked below instead.
+            model = lpips.LPIPS(net=trunk, pretrained=False, pnet_rand=not pretrained,
+                                verbose=False)
         except Exception as exc:  # network, file or hash errors from torch.hub
             if not pretrained:
                 raise
@@ -219,6 +251,7 @@ def load_lpips(trunk, pretrained):
                 "use a randomly initialised trunk (a weaker perceptual metric), or "
                 "choose distance='ssim' or 'l2'."
             ) from exc
+    _load_calibration(model, trunk)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -258,6 +291,8 @@ class LPIPSDistance(Distance):
                 "Use distance='ssim' or 'l2' for other channel counts."
             )
         x = _fit_min_side(x, LPIPS_MIN_SIDE[self.trunk])
+        if self.model.training:  # pinned to eval mode, whoever switched it
+            self.model.eval()
         feats = self.model.net(self.model.scaling_layer(2.0 * x - 1.0))
         return [f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10) for f in feats]
 

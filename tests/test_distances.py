@@ -14,6 +14,7 @@ from sklearn_cim._distances import (
     SSIMDistance,
     TrunkWeightsUnavailableError,
     load_lpips,
+    lpips_calibration_file,
     make_distance,
 )
 
@@ -57,11 +58,65 @@ def test_lpips_grayscale_small_images_are_upsampled():
     assert torch.allclose(d, reference, rtol=1e-4, atol=1e-6)
 
 
-def test_lpips_is_frozen_eval_and_dropout_free():
+def test_lpips_is_frozen_and_in_eval_mode():
     model = load_lpips("alex", pretrained=False)
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
-    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+@pytest.mark.parametrize("trunk", ["alex", "squeeze", "vgg"])
+def test_lpips_loads_the_shipped_calibration(trunk):
+    """The lin layers hold the file shipped with lpips (non-negative weights),
+    not a random initialisation of either sign."""
+    shipped = torch.load(lpips_calibration_file(trunk), map_location="cpu", weights_only=True)
+    model = load_lpips(trunk, pretrained=False)
+    state = model.state_dict()
+    assert shipped and all(k.startswith("lin") for k in shipped)
+    for key, value in shipped.items():
+        assert torch.equal(state[key], value), key
+        assert (value >= 0).all(), key
+    weights = LPIPSDistance(trunk, pretrained=False).weights
+    assert len(weights) == len(shipped)
+    assert all((w >= 0).all() and (w > 0).any() for w in weights)
+
+
+@pytest.mark.parametrize("trunk", ["alex", "squeeze", "vgg"])
+def test_lpips_distances_between_different_images_are_positive(trunk):
+    torch.manual_seed(0)
+    dist = LPIPSDistance(trunk, pretrained=False)
+    x = _images(n=8, seed=4)
+    d = dist.pairwise(dist.embed(x))
+    off = d[~torch.eye(8, dtype=torch.bool)]
+    assert (off > 0).all()
+    assert (dist(x, x.flip(0)) > 0).all()
+
+
+def test_lpips_calibration_mismatch_raises(monkeypatch, tmp_path):
+    import sklearn_cim._distances as distances
+
+    bad = tmp_path / "alex.pth"
+    state = torch.load(lpips_calibration_file("alex"), map_location="cpu", weights_only=True)
+    torch.save({k.replace("model.1.", "model.0."): v for k, v in state.items()}, bad)
+    monkeypatch.setattr(distances, "lpips_calibration_file", lambda trunk: str(bad))
+    with pytest.raises(RuntimeError, match="calibration file"):
+        load_lpips("alex", pretrained=False)
+
+
+def test_lpips_reference_is_the_calibrated_lpips_forward():
+    """The package's distance equals a plain lpips.LPIPS built the documented way
+    (default dropout, calibration loaded by lpips), on the same random trunk."""
+    import lpips
+
+    torch.manual_seed(0)
+    dist = LPIPSDistance("alex", pretrained=False)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval()
+    a, b = _images(seed=5), _images(seed=6)
+    expected = reference(a, b, normalize=True).reshape(-1)
+    assert (expected > 0).all()
+    assert torch.allclose(dist(a, b), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_lpips_stays_out_of_the_optimizer_and_train_mode(images, tiny):
