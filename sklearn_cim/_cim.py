@@ -3,20 +3,34 @@
 from dataclasses import dataclass
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._distances import DISTANCES, LPIPS_TRUNKS, make_distance
+from ._groups import (
+    GROUP_WEIGHTINGS,
+    INFER_GROUPS,
+    PairTable,
+    balanced_weights,
+    check_groups,
+    infer_groups,
+)
 from ._networks import ConvClassifier, MaskNet
 from ._training import (
     PRECISIONS,
     TorchEstimatorMixin,
     TorchNet,
+    as_images,
     batched_apply,
+    native_rows,
     resolve_precision,
+    to_unit,
 )
 from ._triplet import MININGS, mine_triplets, triplet_loss
 from ._validation import (
@@ -37,6 +51,8 @@ _TRANSFORM_BUDGET_CUDA = 2 ** 28
 
 
 HEADS = ("cnn", "vib")
+#: mask_weight="auto": the sparsity weight of the group-aware objective (0 without groups).
+AUTO_MASK_WEIGHT = 1.0
 
 
 class CIMModule(nn.Module):
@@ -78,6 +94,8 @@ class CIMObjective:
     pretrained: bool = True
     head: str = "cnn"
     head_beta: float = 1e-3
+    group_weighting: str = "balanced"
+    group_triplets: bool = True
 
 
 class CIMNet(TorchNet):
@@ -92,7 +110,25 @@ class CIMNet(TorchNet):
         super().__init__(*args, **kwargs)
         self.objective = objective
 
-    transient_attributes = TorchNet.transient_attributes + ("metric", "metric_key")
+    transient_attributes = TorchNet.transient_attributes + (
+        "metric", "metric_key", "train_X", "pair_table", "sample_weights")
+
+    def set_training_data(self, X, y):
+        """Keep what the group-aware objective reads across the training set.
+
+        ``y`` is 1-D (classes: the paper's objective) or ``(n, 3)`` rows of
+        (class, group, row index); then each sample's balancing weight and a
+        :class:`PairTable` for bias-contrastive triplets are built here.
+        """
+        self.train_X = X
+        self.pair_table = self.sample_weights = None
+        if y.ndim == 2:
+            classes, groups = y[:, 0], y[:, 1]
+            if self.objective.group_weighting == "balanced":
+                cells = classes * (int(groups.max()) + 1) + groups
+                self.sample_weights = balanced_weights(cells)
+            if self.objective.group_triplets and self.objective.triplet_weight > 0:
+                self.pair_table = PairTable(classes, groups)
 
     def prepare_training(self):
         # the metric (a random trunk with pretrained=False) is drawn from the
@@ -118,30 +154,45 @@ class CIMNet(TorchNet):
         mask, psi, logits = y_pred
         obj = self.objective
         terms = {}
+        groups = rows = None
+        if y_true.ndim == 2:  # (class, group, row index): the group-aware objective
+            y_true, groups, rows = y_true.unbind(1)
         if obj.head == "vib":
             mu, sigma = logits
             logits = self.module_.head.sample_logits(mu, sigma, self.generator)[0]
             if obj.classifier_weight > 0:
                 terms["kl"] = (obj.classifier_weight * obj.head_beta, gaussian_kl(mu, sigma))
         if obj.classifier_weight > 0:
-            terms["ce"] = (obj.classifier_weight, self.criterion_(logits, y_true))
+            terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, rows))
         if obj.triplet_weight > 0:
-            terms["triplet"] = (obj.triplet_weight, self.triplet_term(psi, X, y_true))
+            terms["triplet"] = (obj.triplet_weight,
+                                self.triplet_term(psi, X, y_true, groups))
         if obj.mask_weight > 0:
             terms["mask"] = (obj.mask_weight, mask.mean())
         return terms
 
-    def triplet_term(self, psi, x, y):
+    def cross_entropy(self, logits, y, rows=None):
+        """The head's cross-entropy; with groups, weighted to balance the cells."""
+        if rows is None or self.sample_weights is None:
+            return self.criterion_(logits, y)
+        per_sample = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
+        return (per_sample * self.sample_weights[rows]).mean()
+
+    def triplet_term(self, psi, x, y, groups=None):
         """``mean(relu(d(psi(x), p) - d(psi(x), q) + margin))`` over the batch.
 
         One trunk pass with gradient (the anchors psi(x)); positives and
         negatives are rows of gradient-free embeddings: of the originals, or of
         psi itself (detached) with ``pair_transform=True``. Hard mining uses the
-        originals' pairwise distances.
+        originals' pairwise distances. With groups and ``group_triplets``, the
+        positive and the negative are drawn from the whole training set
+        (:meth:`group_triplet_term`).
         """
         obj = self.objective
         metric = self.get_metric()
         anchor = metric.embed(psi)
+        if groups is not None and self.pair_table is not None:
+            return self.group_triplet_term(metric, anchor, y, groups)
         with torch.no_grad():
             need_originals = not obj.pair_transform or obj.mining == "hard"
             originals = metric.embed(x) if need_originals else None
@@ -152,6 +203,33 @@ class CIMNet(TorchNet):
         d_pos = metric.between(anchor, metric.take(pairs, pos))
         d_neg = metric.between(anchor, metric.take(pairs, neg))
         return triplet_loss(d_pos, d_neg, obj.margin, valid)
+
+    def group_triplet_term(self, metric, anchor, y, groups):
+        """Bias-contrastive triplets: the positive has the anchor's class and
+        another group, the negative the anchor's group and another class, both
+        drawn from the whole training set; anchors without one are left out."""
+        table = self.pair_table
+        pos, pos_ok = table.positives(y, groups, self.generator)
+        neg, neg_ok = table.negatives(y, groups, self.generator)
+        with torch.no_grad():
+            pairs = self.training_images(torch.cat([pos, neg]))
+            if self.objective.pair_transform:
+                pairs = self.module_.mask_net(pairs) * pairs
+            emb = metric.embed(pairs)
+        n = len(y)
+        d_pos = metric.between(anchor, metric.take(emb, slice(0, n)))
+        d_neg = metric.between(anchor, metric.take(emb, slice(n, 2 * n)))
+        return triplet_loss(d_pos, d_neg, self.objective.margin, pos_ok & neg_ok)
+
+    def training_images(self, rows):
+        """Rows of the training set as unit-range images on the device."""
+        X = self.train_X
+        if torch.is_tensor(X):
+            xb = X[rows.to(X.device)]
+        else:
+            xb = torch.from_numpy(native_rows(np.asarray(X[rows.cpu().numpy()])))
+        xb = xb.to(self.device)
+        return as_images(to_unit(xb, self.units), self.image_shape, self.channels_last)
 
 
 class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin,
@@ -319,7 +397,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         margin=0.1,
         mining="random",
         pair_transform=False,
-        mask_weight=0.0,
+        mask_weight="auto",
+        mask_threshold=None,
+        group_weighting="balanced",
+        group_triplets=True,
+        infer_groups=False,
         per_channel_mask=False,
         tn_width=16,
         tn_depth=2,
@@ -349,6 +431,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.mining = mining
         self.pair_transform = pair_transform
         self.mask_weight = mask_weight
+        self.mask_threshold = mask_threshold
+        self.group_weighting = group_weighting
+        self.group_triplets = group_triplets
+        self.infer_groups = infer_groups
         self.per_channel_mask = per_channel_mask
         self.tn_width = tn_width
         self.tn_depth = tn_depth
@@ -370,7 +456,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.warm_start = warm_start
 
     # -- public API -----------------------------------------------------------
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Train the transformation network on labelled images.
 
         With ``warm_start=True`` and a fitted model, training continues from the
@@ -382,14 +468,23 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             Float images in ``data_range`` (default [0, 1]) or uint8 in [0, 255].
         y : array-like of shape (n_samples,)
             Class labels (any type scikit-learn accepts, strings included).
+        groups : array-like of shape (n_samples,) or None, default=None
+            The nuisance attribute of each training image (a background
+            colour, a site, a scanner) or a full group id, any hashable labels.
+            Given, ``fit`` trains the group-aware objective (see the class
+            docstring); None trains the paper's objective (or the group-aware
+            one on inferred groups, with ``infer_groups``). In a ``Pipeline``
+            or a search, route it with ``set_fit_request(groups=True)`` under
+            ``sklearn.set_config(enable_metadata_routing=True)``, or pass
+            ``cim__groups=`` to ``Pipeline.fit``. Not used by ``transform``.
 
         Returns
         -------
         self : CIMTransformer
         """
-        return self._fit_images(X, y, warm=self._continues())
+        return self._fit_images(X, y, warm=self._continues(), groups=groups)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, groups=None):
         """Train one epoch on (X, y), continuing from the current weights.
 
         Parameters
@@ -397,13 +492,15 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         X, y : as in :meth:`fit`
         classes : array-like or None
             All labels, needed on the first call when y does not hold them all.
+        groups : array-like of shape (n_samples,) or None
+            As in :meth:`fit`, for this call's images.
 
         Returns
         -------
         self : CIMTransformer
         """
         return self._fit_images(X, y, warm=hasattr(self, "net_"), epochs=1,
-                                classes=classes)
+                                classes=classes, groups=groups)
 
     def transform(self, X):
         """Return psi(X) = m * X in X's layout (2-D in, 2-D out) and units.
@@ -452,9 +549,16 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             raise TypeError(
                 f"compile must be True, False or a dict of torch.compile arguments, got "
                 f"{self.compile!r}.")
-        for name in ("classifier_weight", "triplet_weight", "mask_weight", "margin",
-                     "head_beta"):
+        for name in ("classifier_weight", "triplet_weight", "margin", "head_beta"):
             check_number(name, getattr(self, name), low=0)
+        if not (isinstance(self.mask_weight, str) and self.mask_weight == "auto"):
+            check_number("mask_weight", self.mask_weight, low=0)
+        if self.mask_threshold is not None:
+            check_number("mask_threshold", self.mask_threshold, low=0, high=1)
+        check_choice("group_weighting", self.group_weighting, GROUP_WEIGHTINGS)
+        if self.infer_groups is not False and not isinstance(self.infer_groups, np.bool_):
+            if self.infer_groups is not True:
+                check_choice("infer_groups", self.infer_groups, INFER_GROUPS)
         if self.classifier_weight == 0 and self.triplet_weight == 0:
             raise ValueError(
                 "classifier_weight and triplet_weight are both 0: nothing would "
@@ -463,7 +567,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         for name in ("tn_width", "head_width"):
             check_number(name, getattr(self, name), low=1, integer=True)
         check_number("tn_depth", self.tn_depth, low=0, integer=True)
-        for name in ("pretrained", "pair_transform", "per_channel_mask"):
+        for name in ("pretrained", "pair_transform", "per_channel_mask", "group_triplets"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         self._check_training_params(min_batch_size=2)  # a triplet needs two samples
@@ -476,11 +580,12 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "or use distance='ssim' or 'l2'."
             )
 
-    def _fit_images(self, X, y, *, warm, epochs=None, classes=None):
+    def _fit_images(self, X, y, *, warm, epochs=None, classes=None, groups=None):
         with self._all_or_nothing():
-            return self._fit_checked(X, y, warm=warm, epochs=epochs, classes=classes)
+            return self._fit_checked(X, y, warm=warm, epochs=epochs, classes=classes,
+                                     groups=groups)
 
-    def _fit_checked(self, X, y, *, warm, epochs, classes):
+    def _fit_checked(self, X, y, *, warm, epochs, classes, groups):
         self._check_params()
         X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape,
                                          reset=not warm)
@@ -499,8 +604,35 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
         self.input_range_ = units
+        group_codes = self._training_groups(X, y_enc, groups, units)
+        self.group_aware_ = group_codes is not None
+        if self.group_aware_:
+            # rows of (class, group, row index): the objective balances the cells
+            # and draws bias-contrastive pairs across the training set
+            y_enc = np.stack([y_enc, group_codes, np.arange(len(y_enc))], axis=1)
         self._train(X, y_enc, warm=warm, epochs=epochs)
         return self
+
+    def _training_groups(self, X, y_enc, groups, units):
+        """Integer group codes for the objective: the given groups, inferred
+        ones (kept in ``groups_``), or None for the paper's objective."""
+        self.groups_ = None
+        if groups is not None:
+            return check_groups(groups, len(X))
+        if not self.infer_groups:
+            return None
+        strategy = "linear" if self.infer_groups is True else self.infer_groups
+        low, high = units
+        flat = (np.asarray(X, dtype=np.float32) - low) / (high - low)
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        self.groups_ = infer_groups(flat.reshape(len(flat), -1), y_enc, strategy, seed)
+        if np.unique(self.groups_).size < 2:
+            warnings.warn(
+                "infer_groups found a single group (the bias proxy is right on every "
+                "training image), so the group-aware objective has nothing to balance. "
+                "Pass the true groups to fit if you know them.", RuntimeWarning,
+                stacklevel=4)
+        return self.groups_
 
     def _objective(self):
         return CIMObjective(
@@ -509,12 +641,19 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             margin=float(self.margin),
             mining=self.mining,
             pair_transform=bool(self.pair_transform),
-            mask_weight=float(self.mask_weight),
+            mask_weight=self._mask_weight(),
             distance=self.distance,
             pretrained=bool(self.pretrained),
             head=self.head,
             head_beta=float(self.head_beta),
+            group_weighting=self.group_weighting,
+            group_triplets=bool(self.group_triplets),
         )
+
+    def _mask_weight(self):
+        if self.mask_weight == "auto":
+            return AUTO_MASK_WEIGHT if getattr(self, "group_aware_", False) else 0.0
+        return float(self.mask_weight)
 
     def _net_spec(self):
         return CIMNet, dict(
@@ -554,11 +693,19 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         low, high = units
         precision = resolve_precision(self.precision, self.device_)
 
+        threshold = self.mask_threshold
+
+        def mask(u):
+            m = module.mask_net(u).float()
+            if threshold is not None:  # a hard cut: dimmed pixels go to exactly 0
+                m = m * (m >= threshold)
+            return m
+
         def psi(u):
             # The product with X in float32: only the mask carries bf16 rounding.
-            return low + (high - low) * (module.mask_net(u).float() * u)
+            return low + (high - low) * (mask(u) * u)
 
-        fn = psi if what == "psi" else module.mask_net
+        fn = psi if what == "psi" else mask
         out = batched_apply(fn, X, units=units, image_shape=shape, device=self.device_,
                             chunk=chunk, channels_last=net.channels_last,
                             precision=precision)

@@ -153,12 +153,12 @@ def to_device_in_chunks(X, device, dtype, chunk_bytes=2 ** 26):
         # Read-only inputs (memmaps) are only ever read.
         warnings.filterwarnings("ignore", message=".*not writable.*")
         for start in range(0, len(X), rows):
-            chunk = torch.from_numpy(_native(np.asarray(X[start:start + rows])))
+            chunk = torch.from_numpy(native_rows(np.asarray(X[start:start + rows])))
             out[start:start + rows] = chunk.to(device).to(dtype)
     return out
 
 
-def _native(rows):
+def native_rows(rows):
     # torch reads native byte order only (a big-endian memmap is converted per batch)
     if rows.dtype.byteorder not in "=|":
         rows = rows.astype(rows.dtype.newbyteorder("="))
@@ -216,7 +216,7 @@ class IndexBatches:
 
     def _gather(self, rows):
         """Host rows of X, pinned when they go to CUDA."""
-        rows = torch.from_numpy(_native(np.asarray(self.X[rows])))
+        rows = torch.from_numpy(native_rows(np.asarray(self.X[rows])))
         return rows.pin_memory() if self.device.type == "cuda" else rows
 
     def __iter__(self):
@@ -351,6 +351,10 @@ class TorchNet(NeuralNet):
     def prepare_training(self):
         """Build what training needs beyond skorch's modules; runs with torch's
         global RNG seeded (see :func:`fit_net`)."""
+
+    def set_training_data(self, X, y):
+        """Called with the placed training set before each fit; a subclass
+        keeps what its loss reads beyond the batch."""
 
     def train_step_single(self, batch, **fit_params):
         # skorch's step, with forward and loss under autocast (backward outside).
@@ -706,6 +710,7 @@ class TorchEstimatorMixin:
             net = self._new_net(seed, device, group)
         X_t = place_training_data(X, net.device, pixels=self._pixels)
         y_t = torch.as_tensor(y, device=net.device)
+        net.set_training_data(X_t, y_t)
         self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
         return self.net_
 

@@ -1,0 +1,157 @@
+"""Groups for group-aware CIM: checking them, balancing (class, group) cells,
+drawing bias-contrastive pairs from the whole training set, and inferring
+groups from a bias proxy when none are given.
+
+A *group* labels the nuisance of a training image (a background colour, a
+site, a scanner) or a full group id; a *cell* is a (class, group) pair. The
+group-aware objective (see :class:`~sklearn_cim.CIMTransformer`) weights the
+head's cross-entropy so that every cell counts the same, and draws triplets
+whose positive shares the anchor's class but not its group, and whose negative
+shares its group but not its class: the nuisance then cannot tell them apart.
+"""
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+GROUP_WEIGHTINGS = ("balanced", "none")
+INFER_GROUPS = ("linear", "errors")
+#: Regularisation of the bias proxy (a deliberately weak linear model: it
+#: learns the simplest feature, which is what a spurious one usually is).
+PROXY_C = 1e-3
+PROXY_FOLDS = 3
+
+
+def check_groups(groups, n_samples):
+    """Integer codes (0..n_groups-1) of one group label per training image.
+
+    Any hashable labels are accepted (ints, strings, tuples of a site and a
+    scanner are not: encode those as one string). Raises a ``ValueError`` that
+    names the fix for a wrong length, missing values or a single group.
+    """
+    arr = np.asarray(groups, dtype=object) if not isinstance(groups, np.ndarray) else groups
+    if arr.ndim != 1:
+        raise ValueError(
+            f"groups must be 1-D, one label per training image; got shape {arr.shape}. "
+            "Encode several attributes as one label each, e.g. a string 'site-scanner'.")
+    if len(arr) != n_samples:
+        raise ValueError(
+            f"groups has {len(arr)} entries but X has {n_samples} images: pass one group "
+            "label per training image, in the order of X.")
+    flat = arr.tolist()
+    missing = [i for i, g in enumerate(flat)
+               if g is None or (isinstance(g, numbers.Real) and np.isnan(g))]
+    if missing:
+        raise ValueError(
+            f"groups holds missing values (None or NaN) at {len(missing)} images, e.g. index "
+            f"{missing[0]}. Give every image a group, drop those images, or leave groups "
+            "out and set infer_groups=True to have them inferred.")
+    try:
+        _, codes = np.unique(np.asarray(flat, dtype=object if arr.dtype == object else None),
+                             return_inverse=True)
+    except TypeError:
+        # mixed types (e.g. ints and strings): encode by first appearance
+        lookup = {}
+        codes = np.array([lookup.setdefault(g, len(lookup)) for g in flat])
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    if codes.size and codes.max() == 0:
+        raise ValueError(
+            "groups holds a single group: there is no nuisance to balance or contrast. "
+            "Pass the nuisance attribute of each image (at least two values), or leave "
+            "groups out for the paper's objective.")
+    return codes
+
+
+def cell_codes(y, groups):
+    """Codes of the (class, group) cells, 0..n_cells-1, for integer y and groups."""
+    pairs = np.stack([np.asarray(y, np.int64), np.asarray(groups, np.int64)], axis=1)
+    _, codes = np.unique(pairs, axis=0, return_inverse=True)
+    return codes.reshape(-1)
+
+
+def balanced_weights(cells):
+    """Inverse-frequency weight of each sample's cell, with mean 1 over the samples:
+    every (class, group) cell then carries the same total weight."""
+    cells = torch.as_tensor(cells)
+    counts = torch.bincount(cells).float()
+    present = (counts > 0).sum()
+    return (len(cells) / (present * counts))[cells]
+
+
+class PairTable:
+    """Draws, for anchors of known class and group, a *positive* (same class,
+    other group) and a *negative* (same group, other class) uniformly from the
+    whole training set.
+
+    Two orders of the training set are kept: by (class, group) and by
+    (group, class). The positives of an anchor in cell (c, g) are class c's
+    run of the first order with the run of cell (c, g) cut out, so one uniform
+    draw and one shift give a uniform positive; likewise for negatives. Memory
+    is two permutations of the training set, whatever the number of cells.
+    """
+
+    def __init__(self, y, groups):
+        y, groups = y.long(), groups.long()
+        self.n_classes = int(y.max()) + 1
+        self.n_groups = int(groups.max()) + 1
+        self.by_class = self._order(y, groups, self.n_groups)
+        self.by_group = self._order(groups, y, self.n_classes)
+
+    @staticmethod
+    def _order(major, minor, n_minor):
+        key = major * n_minor + minor
+        sorted_key, order = torch.sort(key, stable=True)
+        return sorted_key, order, n_minor
+
+    @staticmethod
+    def _draw(table, major, minor, u):
+        sorted_key, order, n_minor = table
+        lo = torch.searchsorted(sorted_key, major * n_minor)
+        hi = torch.searchsorted(sorted_key, (major + 1) * n_minor)
+        cell_lo = torch.searchsorted(sorted_key, major * n_minor + minor)
+        cell_hi = torch.searchsorted(sorted_key, major * n_minor + minor + 1)
+        pool = (hi - lo) - (cell_hi - cell_lo)
+        valid = pool > 0
+        r = (u * pool.clamp_min(1)).long().clamp_max((pool - 1).clamp_min(0))
+        pos = lo + r
+        pos = pos + (pos >= cell_lo) * (cell_hi - cell_lo)
+        return order[pos.clamp_max(len(order) - 1)], valid
+
+    def positives(self, y, groups, generator):
+        """Indices of a same-class, other-group sample per anchor, and whether one exists."""
+        u = torch.rand(len(y), generator=generator, device=generator.device).to(y.device)
+        return self._draw(self.by_class, y.long(), groups.long(), u)
+
+    def negatives(self, y, groups, generator):
+        """Indices of a same-group, other-class sample per anchor, and whether one exists."""
+        u = torch.rand(len(y), generator=generator, device=generator.device).to(y.device)
+        return self._draw(self.by_group, groups.long(), y.long(), u)
+
+
+def infer_groups(X, y, strategy, random_state):
+    """Bias-proxy groups from a deliberately simple model on the pixels.
+
+    ``"linear"``: the out-of-fold predicted class of a strongly regularised
+    logistic regression (``C=1e-3``), which learns the simplest feature that
+    predicts the label, usually the nuisance; cells (class, predicted class)
+    then separate images that follow the shortcut from those that do not.
+    ``"errors"`` (JTT-style): whether that out-of-fold prediction was right.
+
+    X is a 2-D float array in [0, 1]; y integer classes.
+    """
+    counts = np.bincount(y)
+    folds = int(min(PROXY_FOLDS, counts[counts > 0].min()))
+    if folds < 2:
+        raise ValueError(
+            "infer_groups needs at least 2 training images of every class to infer groups "
+            f"from out-of-fold predictions; the rarest class has {counts[counts > 0].min()}. "
+            "Pass groups to fit, collect more images, or set infer_groups=False.")
+    proxy = LogisticRegression(C=PROXY_C, max_iter=200)
+    cv = StratifiedKFold(folds, shuffle=True, random_state=random_state)
+    pred = cross_val_predict(proxy, X, y, cv=cv)
+    if strategy == "errors":
+        return (pred == y).astype(np.int64)
+    return pred.astype(np.int64)

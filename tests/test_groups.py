@@ -1,0 +1,235 @@
+"""Group-aware CIM: groups in fit, metadata routing, the objective's parts,
+inferred groups and bad input."""
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, GroupKFold
+from sklearn.pipeline import Pipeline
+
+from sklearn_cim import CIMTransformer
+from sklearn_cim._groups import PairTable, balanced_weights, cell_codes, check_groups
+
+
+@pytest.fixture
+def nuisance_images():
+    """48 RGB 8x8 images: the class is a bright square top or bottom; the nuisance
+    is the red channel of the background, agreeing with the class for 40 of them."""
+    rng = np.random.RandomState(0)
+    n = 48
+    y = np.repeat([0, 1], n // 2)
+    groups = y.copy()
+    groups[::6] = 1 - groups[::6]  # 8 images whose nuisance disagrees
+    X = rng.rand(n, 3, 8, 8).astype(np.float32) * 0.1
+    X[:, 0] += 0.5 * groups[:, None, None]
+    X[y == 0, :, 1:3, 2:6] = 1.0
+    X[y == 1, :, 5:7, 2:6] = 1.0
+    return np.clip(X, 0, 1), y, groups
+
+
+@pytest.fixture
+def routing():
+    with sklearn.config_context(enable_metadata_routing=True):
+        yield
+
+
+def test_groups_change_the_training_and_none_trains_the_paper_objective(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    tiny.update(max_epochs=2)
+    paper = CIMTransformer(**tiny).fit(X, y)
+    assert not paper.group_aware_ and paper.groups_ is None
+    assert paper.net_.objective.mask_weight == 0.0
+    # without groups, the group-aware parameters change nothing
+    same = CIMTransformer(**tiny, group_weighting="none", group_triplets=False,
+                          mask_weight=0.0).fit(X, y)
+    np.testing.assert_array_equal(paper.transform(X), same.transform(X))
+    aware = CIMTransformer(**tiny).fit(X, y, groups=groups)
+    assert aware.group_aware_
+    assert aware.net_.objective.mask_weight == 1.0  # mask_weight="auto"
+    assert not np.allclose(paper.transform(X), aware.transform(X))
+    assert "train_mask" in aware.history_[-1]
+
+
+def test_balanced_weights_give_every_cell_the_same_total():
+    cells = torch.tensor([0, 0, 0, 0, 1, 2, 2, 0])
+    w = balanced_weights(cells)
+    totals = torch.zeros(3).index_add_(0, cells, w)
+    torch.testing.assert_close(totals, torch.full((3,), 8 / 3))
+    assert torch.isclose(w.mean(), torch.tensor(1.0))
+
+
+def test_balanced_cross_entropy_uses_the_weights(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny, triplet_weight=0.0).fit(X, y, groups=groups)
+    net = cim.net_
+    logits = torch.randn(6, 2)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    rows = torch.tensor([0, 6, 1, 2, 3, 4])  # row 0 and 6: disagreeing (upweighted)
+    per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (per * net.sample_weights[rows]).mean()
+    torch.testing.assert_close(net.cross_entropy(logits, labels, rows), expected)
+    assert net.sample_weights[0] > 2 * net.sample_weights[1]
+
+
+def test_pair_table_draws_bias_contrastive_pairs():
+    rng = np.random.RandomState(0)
+    y = torch.as_tensor(rng.randint(0, 3, 300))
+    g = torch.as_tensor(rng.randint(0, 4, 300))
+    g[y == 2] = 3  # class 2 only in group 3: no other-group positive for it
+    table = PairTable(y, g)
+    gen = torch.Generator().manual_seed(0)
+    pos, pos_ok = table.positives(y, g, gen)
+    neg, neg_ok = table.negatives(y, g, gen)
+    assert torch.equal(pos_ok, y != 2)
+    assert (y[pos][pos_ok] == y[pos_ok]).all() and (g[pos][pos_ok] != g[pos_ok]).all()
+    assert (g[neg][neg_ok] == g[neg_ok]).all() and (y[neg][neg_ok] != y[neg_ok]).all()
+    # uniform over the pool: every candidate of one anchor's pool is drawn
+    anchor_y, anchor_g = torch.zeros(4000, dtype=torch.long), torch.zeros(4000, dtype=torch.long)
+    drawn, _ = table.positives(anchor_y, anchor_g, gen)
+    pool = torch.nonzero((y == 0) & (g != 0)).reshape(-1)
+    assert set(drawn.tolist()) == set(pool.tolist())
+    counts = torch.bincount(drawn, minlength=300)[pool].float()
+    assert counts.std() / counts.mean() < 0.3
+
+
+def test_group_triplets_contrast_across_groups(nuisance_images, tiny, monkeypatch):
+    X, y, groups = nuisance_images
+    seen = []
+    original = PairTable.positives
+
+    def spy(self, yy, gg, generator):
+        idx, ok = original(self, yy, gg, generator)
+        seen.append((yy.clone(), gg.clone(), idx.clone(), ok.clone()))
+        return idx, ok
+
+    monkeypatch.setattr(PairTable, "positives", spy)
+    CIMTransformer(**tiny).fit(X, y, groups=groups)
+    assert seen
+    for yy, gg, idx, ok in seen:
+        assert ok.any()
+        assert (torch.as_tensor(groups)[idx][ok] != gg[ok]).all()
+        assert (torch.as_tensor(y)[idx][ok] == yy[ok]).all()
+    seen.clear()
+    CIMTransformer(**tiny, group_triplets=False).fit(X, y, groups=groups)
+    assert not seen
+
+
+def test_mask_threshold_zeroes_dimmed_pixels(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
+    soft = cim.masks(X)
+    threshold = float(np.median(soft))
+    cim.set_params(mask_threshold=threshold)
+    hard = cim.masks(X)
+    np.testing.assert_array_equal(hard, np.where(soft >= threshold, soft, 0))
+    assert (hard == 0).mean() > 0.4
+    np.testing.assert_allclose(cim.transform(X), hard * X, atol=1e-6)
+
+
+def test_inferred_groups_are_kept_and_follow_the_simple_feature(tiny):
+    rng = np.random.RandomState(0)
+    n = 120
+    y = np.repeat([0, 1], n // 2)
+    X = rng.rand(n, 3, 8, 8).astype(np.float32) * 0.2
+    X[:, 1] += 0.6 * y[:, None, None]  # a colour the weak proxy reads
+    X[:5, 1] += 0.6  # 5 class-0 images with class 1's colour
+    cim = CIMTransformer(**tiny, infer_groups=True).fit(X, y)
+    assert cim.group_aware_ and cim.groups_.shape == (n,)
+    colour = (X[:, 1].mean(axis=(1, 2)) > 0.4).astype(int)
+    assert np.mean(cim.groups_ == colour) > 0.95
+    errors = CIMTransformer(**tiny, infer_groups="errors").fit(X, y)
+    np.testing.assert_array_equal(errors.groups_, (cim.groups_ == y).astype(int))
+
+
+def test_pipeline_routes_groups_to_the_cim_only(nuisance_images, tiny, routing):
+    X, y, groups = nuisance_images
+
+    class Recorder(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y, groups=None):
+            self.got_groups_ = groups
+            self.classes_ = np.unique(y)
+            return self
+
+        def predict(self, X):
+            return np.full(len(X), self.classes_[0])
+
+    pipe = Pipeline([("cim", CIMTransformer(**tiny).set_fit_request(groups=True)),
+                     ("clf", Recorder().set_fit_request(groups=False))])
+    pipe.fit(X, y, groups=groups)
+    assert pipe.named_steps["cim"].group_aware_
+    assert pipe.named_steps["clf"].got_groups_ is None
+
+
+def test_grid_search_routes_groups_to_cv_and_cim(nuisance_images, tiny, routing):
+    X, y, groups = nuisance_images
+    pipe = Pipeline([("cim", CIMTransformer(**tiny).set_fit_request(groups=True)),
+                     ("clf", LogisticRegression(max_iter=200))])
+    search = GridSearchCV(pipe, {"cim__mask_weight": [0.0, 1.0]}, cv=GroupKFold(2))
+    # nuisance x two sites: each training fold keeps two groups
+    site_groups = 2 * groups + np.arange(len(y)) % 2
+    search.fit(X.reshape(len(X), -1), y, groups=site_groups)
+    assert search.best_estimator_.named_steps["cim"].group_aware_
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+
+
+def test_pipeline_without_routing_takes_step_parameters(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    pipe = Pipeline([("cim", CIMTransformer(**tiny)), ("clf", LogisticRegression())])
+    pipe.fit(X.reshape(len(X), -1), y, cim__groups=groups)
+    assert pipe.named_steps["cim"].group_aware_
+
+
+def test_partial_fit_takes_groups(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny).partial_fit(X, y, groups=groups)
+    assert cim.group_aware_ and len(cim.history_) == 1
+
+
+def test_string_groups_and_codes():
+    codes = check_groups(np.array(["red", "blue", "red", "green"]), 4)
+    assert codes.tolist() == [2, 0, 2, 1]
+    assert check_groups(["a", 1, "a", 1], 4).tolist() in ([0, 1, 0, 1], [1, 0, 1, 0])
+    assert cell_codes([0, 0, 1, 1], [0, 1, 0, 0]).tolist() == [0, 1, 2, 2]
+
+
+@pytest.mark.parametrize("groups, match", [
+    (np.zeros(47), "47 entries but X has 48"),
+    ([0, None] * 24, "missing values"),
+    (np.r_[np.nan, np.ones(47)], "missing values"),
+    (np.ones(48), "single group"),
+    (np.zeros((48, 2)), "1-D"),
+])
+def test_bad_groups_raise_with_a_fix(nuisance_images, tiny, groups, match):
+    X, y, _ = nuisance_images
+    with pytest.raises(ValueError, match=match):
+        CIMTransformer(**tiny).fit(X, y, groups=groups)
+
+
+def test_infer_groups_needs_two_images_per_class(tiny):
+    X = np.random.RandomState(0).rand(5, 1, 8, 8).astype(np.float32)
+    y = np.array([0, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match="at least 2 training images of every class"):
+        CIMTransformer(**{**tiny, "triplet_weight": 0.0}, infer_groups=True).fit(X, y)
+
+
+def test_groups_without_routing_request_raise_clearly(nuisance_images, tiny, routing):
+    X, y, groups = nuisance_images
+    pipe = Pipeline([("cim", CIMTransformer(**tiny)), ("clf", LogisticRegression())])
+    with pytest.raises(Exception, match="set_fit_request"):
+        pipe.fit(X.reshape(len(X), -1), y, groups=groups)
+
+
+@pytest.mark.parametrize("params, error", [
+    (dict(group_weighting="dro"), ValueError),
+    (dict(infer_groups="kmeans"), ValueError),
+    (dict(group_triplets="yes"), TypeError),
+    (dict(mask_weight="big"), TypeError),
+    (dict(mask_threshold=1.5), ValueError),
+])
+def test_bad_group_parameters(nuisance_images, tiny, params, error):
+    X, y, groups = nuisance_images
+    with pytest.raises(error):
+        CIMTransformer(**tiny, **params).fit(X, y, groups=groups)
