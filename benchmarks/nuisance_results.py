@@ -5,7 +5,16 @@ For each nuisance (background colour, corner patch) and seed, on
 without ``--mnist``), fits
 
 * ERM: ``LogisticRegression`` on pixels;
-* CIM -> LR: ``Pipeline(CIMTransformer, LogisticRegression)``;
+* group-balanced LR: ``LogisticRegression`` with ``sample_weight`` balancing the
+  (class, nuisance) cells (needs the true groups);
+* JTT (LR): ``LogisticRegression`` with the training errors of a strongly
+  regularised first one (``C=1e-3``) upweighted ``JTT_UPWEIGHT`` times (Liu et
+  al. 2021, with a linear first model; no groups needed);
+* CIM -> LR: ``Pipeline(CIMTransformer, LogisticRegression)``, the paper's
+  objective (no groups);
+* group CIM -> LR: ``CIMTransformer`` fitted with the true nuisance as groups;
+* inferred-group CIM -> LR: ``CIMTransformer(infer_groups=True)``;
+* group CIM -> VIB: the group CIM, then ``VIBClassifier``;
 * VIB: ``VIBClassifier`` on pixels;
 * CIM -> VIB: the same fitted CIM, then ``VIBClassifier``;
 * CIM+VIB joint: ``CIMTransformer(head="vib")`` (mask trained with a VIB
@@ -19,6 +28,7 @@ closes. ``--ablation`` fits CIM -> LR variants (mining, pair_transform,
 distance, triplet_weight) on one seed.
 
     python benchmarks/nuisance_results.py --mnist ../shared/data/mnist --seeds 0 1 2
+    python benchmarks/nuisance_results.py --seeds 0 1 2      # make_colored_digits
     python benchmarks/nuisance_results.py --mnist ../shared/data/mnist --ablation --seeds 0
 """
 
@@ -63,7 +73,29 @@ def lr():
     return LogisticRegression(max_iter=1000)
 
 
-def run(data, cim_params, vib_params, models, emit, **tags):
+#: JTT's upweighting of the first model's training errors.
+JTT_UPWEIGHT = 20
+
+
+def balanced_sample_weight(y, groups):
+    cells = np.unique(np.stack([y, groups], 1), axis=0, return_inverse=True)[1].reshape(-1)
+    counts = np.bincount(cells)
+    return len(y) / (len(counts) * counts[cells])
+
+
+def jtt(X, y):
+    first = LogisticRegression(C=1e-3, max_iter=200).fit(X, y)
+    weight = np.where(first.predict(X) == y, 1.0, JTT_UPWEIGHT)
+    return lr().fit(X, y, sample_weight=weight)
+
+
+MODELS = ("ERM", "group-balanced LR", "JTT (LR)", "CIM -> LR", "group CIM -> LR",
+          "inferred-group CIM -> LR", "VIB", "CIM -> VIB", "group CIM -> VIB",
+          "CIM+VIB joint", "oracle")
+
+
+def run(data, cim_params, vib_params, models, emit, group_params=None, **tags):
+    group_params = group_params or {}
     side = data.X_train.shape[-1]
     X_tr, X_id, X_ood = (flat(data[k]) for k in ("X_train", "X_test_id", "X_test_ood"))
     vib = VIBClassifier(image_shape=(3, side, side), **vib_params)
@@ -76,9 +108,17 @@ def run(data, cim_params, vib_params, models, emit, **tags):
         out = fn()
         return out, time.perf_counter() - start
 
+    nuisance_train = data.groups_train % 10  # the colour index
     if "ERM" in models:
         m, s = timed(lambda: lr().fit(X_tr, data.y_train))
         record("ERM", s, m.predict, X_id, X_ood)
+    if "group-balanced LR" in models:
+        w = balanced_sample_weight(data.y_train, nuisance_train)
+        m, s = timed(lambda: lr().fit(X_tr, data.y_train, sample_weight=w))
+        record("group-balanced LR", s, m.predict, X_id, X_ood)
+    if "JTT (LR)" in models:
+        m, s = timed(lambda: jtt(X_tr, data.y_train))
+        record("JTT (LR)", s, m.predict, X_id, X_ood)
     if "oracle" in models:
         m, s = timed(lambda: lr().fit(flat(data.X_train_clean), data.y_train))
         clean = flat(data.X_test_clean)
@@ -86,15 +126,26 @@ def run(data, cim_params, vib_params, models, emit, **tags):
     if "VIB" in models:
         m, s = timed(lambda: clone(vib).fit(X_tr, data.y_train))
         record("VIB", s, m.predict, X_id, X_ood)
-    for head, names in (("cnn", ("CIM -> LR", "CIM -> VIB")), ("vib", ("CIM+VIB joint",))):
+    variants = (
+        (("CIM -> LR", "CIM -> VIB"), dict(head="cnn"), None),
+        (("group CIM -> LR", "group CIM -> VIB"), dict(head="cnn", **group_params),
+         nuisance_train),
+        (("inferred-group CIM -> LR",), dict(head="cnn", infer_groups=True, **group_params),
+         None),
+        (("CIM+VIB joint",), dict(head="vib"), None),
+    )
+    for names, extra, groups in variants:
         wanted = [n for n in names if n in models]
         if not wanted:
             continue
-        cim, s_cim = timed(lambda: CIMTransformer(**{**cim_params, "head": head}).fit(
-            X_tr, data.y_train))
+        cim, s_cim = timed(lambda: CIMTransformer(**{**cim_params, **extra}).fit(
+            X_tr, data.y_train, groups=groups))
         Z_tr, Z_id, Z_ood = (cim.transform(a) for a in (X_tr, X_id, X_ood))
+        if cim.groups_ is not None:
+            emit(dict(tags, model=names[0], proxy_agreement=float(
+                np.mean(cim.groups_ == nuisance_train))))
         for name in wanted:
-            down = lr() if name == "CIM -> LR" else clone(vib)
+            down = lr() if name.endswith("LR") else clone(vib)
             m, s = timed(lambda: down.fit(Z_tr, data.y_train))
             record(name, s_cim + s, m.predict, Z_id, Z_ood)
 
@@ -103,7 +154,7 @@ def summarise(lines):
     """Markdown table: mean +- std per (nuisance, model), and the OOD gap closed."""
     out = []
     for nuisance in dict.fromkeys(r["nuisance"] for r in lines):
-        rows = [r for r in lines if r["nuisance"] == nuisance]
+        rows = [r for r in lines if r["nuisance"] == nuisance and "ood" in r]
         by_model = {}
         for r in rows:
             by_model.setdefault(r["model"], []).append(r)
@@ -130,7 +181,10 @@ def main(argv=None):
     parser.add_argument("--p-train", type=float, default=0.95)
     parser.add_argument("--nuisances", nargs="+", default=["background", "corner"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=5, help="CIM epochs")
+    parser.add_argument("--epochs", type=int, default=5, help="CIM epochs (paper objective)")
+    parser.add_argument("--group-epochs", type=int, default=None,
+                        help="CIM epochs of the group-aware rows (default: --epochs)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--vib-epochs", type=int, default=15)
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--cim", type=json.loads, default={},
@@ -183,9 +237,9 @@ def main(argv=None):
                         lambda line, name=name: emit({**line, "model": f"CIM -> LR, {name}"}),
                         **tags)
             else:
-                run(data, cim_params, vib_params,
-                    ("ERM", "CIM -> LR", "VIB", "CIM -> VIB", "CIM+VIB joint", "oracle"),
-                    emit, **tags)
+                group_params = dict(max_epochs=args.group_epochs or args.epochs)
+                run(data, cim_params, vib_params, args.models, emit,
+                    group_params=group_params, **tags)
     print(summarise(lines))
 
 

@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from sklearn_cim import CIMTransformer
 from sklearn_cim.datasets import make_colored_digits
+from sklearn_cim.demo import nuisance_regions
 
 VARIANTS = {
     "paper": dict(groups=False),
@@ -28,6 +29,9 @@ VARIANTS = {
     "groups, mask_weight=3": dict(mask_weight=3.0),
     "groups, group triplets, pair_transform": dict(pair_transform=True),
     "groups, unweighted CE + group triplets": dict(group_weighting="none"),
+    "groups, adversary=1": dict(adversary_weight=1.0),
+    "groups, adversary=1, no group triplets": dict(adversary_weight=1.0, group_triplets=False),
+    "groups, adversary=3": dict(adversary_weight=3.0),
     "inferred (linear)": dict(groups=False, infer_groups="linear"),
     "inferred (errors)": dict(groups=False, infer_groups="errors"),
 }
@@ -35,19 +39,6 @@ VARIANTS = {
 
 def flat(a):
     return a.reshape(len(a), -1)
-
-
-def regions(data, nuisance):
-    """Boolean (n, H, W) maps of object and nuisance pixels of the OOD test images."""
-    grey = 2 * data.X_test_clean[:, 0] - 1 if nuisance == "background" else data.X_test_clean[:, 0]
-    obj = grey > 0.5
-    if nuisance == "background":
-        nuis = grey < 0.05
-    else:
-        nuis = np.zeros_like(obj)
-        side = max(1, grey.shape[-1] // 5)
-        nuis[:, :side, :side] = True
-    return obj, nuis
 
 
 def main():
@@ -66,7 +57,7 @@ def main():
     oracle = lr().fit(flat(data.X_train_clean), data.y_train).score(
         flat(data.X_test_clean), data.y_test)
     print(f"ERM {erm:.3f} oracle {oracle:.3f}", flush=True)
-    obj, nuis = regions(data, args.nuisance)
+    obj, nuis = nuisance_regions(data.X_test_clean, args.nuisance)
     for name in args.variants:
         extra = dict(VARIANTS[name])
         use_groups = extra.pop("groups", True)

@@ -21,7 +21,7 @@ from ._groups import (
     check_groups,
     infer_groups,
 )
-from ._networks import ConvClassifier, MaskNet
+from ._networks import ConvClassifier, MaskNet, NuisanceAdversary
 from ._training import (
     PRECISIONS,
     TorchEstimatorMixin,
@@ -64,7 +64,7 @@ class CIMModule(nn.Module):
     """
 
     def __init__(self, image_shape, n_classes, tn_width=16, tn_depth=2,
-                 per_channel_mask=False, head="cnn", head_width=32):
+                 per_channel_mask=False, head="cnn", head_width=32, n_groups=0):
         super().__init__()
         in_channels = image_shape[0]
         self.mask_net = MaskNet(in_channels, tn_width, tn_depth, per_channel_mask)
@@ -73,6 +73,9 @@ class CIMModule(nn.Module):
                                   hidden_layer_sizes=(), conv_width=head_width)
         else:
             self.head = ConvClassifier(in_channels, n_classes, head_width)
+        # the group-aware objective's adversary (built when fitted with groups)
+        self.adversary = (NuisanceAdversary(int(np.prod(image_shape)), n_groups)
+                          if n_groups > 1 else None)
 
     def forward(self, x):
         mask = self.mask_net(x)
@@ -96,6 +99,7 @@ class CIMObjective:
     head_beta: float = 1e-3
     group_weighting: str = "balanced"
     group_triplets: bool = True
+    adversary_weight: float = 0.0
 
 
 class CIMNet(TorchNet):
@@ -111,7 +115,7 @@ class CIMNet(TorchNet):
         self.objective = objective
 
     transient_attributes = TorchNet.transient_attributes + (
-        "metric", "metric_key", "train_X", "pair_table", "sample_weights")
+        "metric", "metric_key", "train_X", "pair_table", "sample_weights", "group_aware")
 
     def set_training_data(self, X, y):
         """Keep what the group-aware objective reads across the training set.
@@ -122,6 +126,7 @@ class CIMNet(TorchNet):
         """
         self.train_X = X
         self.pair_table = self.sample_weights = None
+        self.group_aware = y.ndim == 2
         if y.ndim == 2:
             classes, groups = y[:, 0], y[:, 1]
             if self.objective.group_weighting == "balanced":
@@ -137,9 +142,17 @@ class CIMNet(TorchNet):
             self.get_metric()  # fail before the first step if the trunk is unavailable
 
     def untrained_parameters(self):
+        out = []
         if self.objective.classifier_weight == 0:  # nothing trains the head
-            return list(self.module_.head.parameters())
-        return []
+            out += list(self.module_.head.parameters())
+        adversary = self.module_.adversary
+        if adversary is not None and not self.uses_adversary():
+            out += list(adversary.parameters())
+        return out
+
+    def uses_adversary(self):
+        return (self.objective.adversary_weight > 0 and self.module_.adversary is not None
+                and getattr(self, "group_aware", False))
 
     def get_metric(self):
         key = (self.objective.distance, self.objective.pretrained, str(self.device))
@@ -169,7 +182,17 @@ class CIMNet(TorchNet):
                                 self.triplet_term(psi, X, y_true, groups))
         if obj.mask_weight > 0:
             terms["mask"] = (obj.mask_weight, mask.mean())
+        if groups is not None and self.uses_adversary():
+            terms["adversary"] = (obj.adversary_weight,
+                                  self.adversary_term(psi, groups, rows))
         return terms
+
+    def adversary_term(self, psi, groups, rows):
+        """Cross-entropy of the linear group adversary on psi(x), balanced over the
+        cells like the head's (so the class alone does not predict the group).
+        The adversary descends it; the mask net, through the reversed gradient,
+        ascends it."""
+        return self.cross_entropy(self.module_.adversary(psi), groups, rows)
 
     def cross_entropy(self, logits, y, rows=None):
         """The head's cross-entropy; with groups, weighted to balance the cells."""
@@ -401,6 +424,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         mask_threshold=None,
         group_weighting="balanced",
         group_triplets=True,
+        adversary_weight=0.0,
         infer_groups=False,
         per_channel_mask=False,
         tn_width=16,
@@ -434,6 +458,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.mask_threshold = mask_threshold
         self.group_weighting = group_weighting
         self.group_triplets = group_triplets
+        self.adversary_weight = adversary_weight
         self.infer_groups = infer_groups
         self.per_channel_mask = per_channel_mask
         self.tn_width = tn_width
@@ -536,6 +561,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     # -- internals ------------------------------------------------------------
     _saved_shapes = ("image_shape_", "input_range_")
 
+    def _fitted_metadata(self):
+        return dict(super()._fitted_metadata(), n_groups_=int(getattr(self, "n_groups_", 0)))
+
+    def _restore_metadata(self, meta):
+        super()._restore_metadata(meta)
+        self.n_groups_ = int(meta.get("n_groups_", 0))
+
     def _needs_unit_range(self):
         return not (callable(self.distance) or self.distance == "l2")
 
@@ -549,7 +581,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             raise TypeError(
                 f"compile must be True, False or a dict of torch.compile arguments, got "
                 f"{self.compile!r}.")
-        for name in ("classifier_weight", "triplet_weight", "margin", "head_beta"):
+        for name in ("classifier_weight", "triplet_weight", "margin", "head_beta",
+                     "adversary_weight"):
             check_number(name, getattr(self, name), low=0)
         if not (isinstance(self.mask_weight, str) and self.mask_weight == "auto"):
             check_number("mask_weight", self.mask_weight, low=0)
@@ -606,6 +639,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.input_range_ = units
         group_codes = self._training_groups(X, y_enc, groups, units)
         self.group_aware_ = group_codes is not None
+        n_groups = 0 if group_codes is None else int(group_codes.max()) + 1
+        if not warm:
+            self.n_groups_ = n_groups if self.adversary_weight > 0 else 0
+        elif self.adversary_weight > 0 and n_groups > self.n_groups_:
+            raise ValueError(
+                f"This warm fit has {n_groups} groups, but the model's adversary was built "
+                f"for {self.n_groups_} in the first fit. Pass groups with the same values as "
+                "in the first fit, or fit from scratch with warm_start=False.")
         if self.group_aware_:
             # rows of (class, group, row index): the objective balances the cells
             # and draws bias-contrastive pairs across the training set
@@ -648,6 +689,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             head_beta=float(self.head_beta),
             group_weighting=self.group_weighting,
             group_triplets=bool(self.group_triplets),
+            adversary_weight=float(self.adversary_weight),
         )
 
     def _mask_weight(self):
@@ -665,6 +707,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             module__per_channel_mask=bool(self.per_channel_mask),
             module__head=self.head,
             module__head_width=self.head_width,
+            module__n_groups=getattr(self, "n_groups_", 0),
             objective=self._objective(),
             image_shape=self.image_shape_,
             units=self.input_range_,

@@ -123,3 +123,34 @@ class MLPEncoder(nn.Sequential):
             width = size
         super().__init__(*layers)
         self.out_features = width
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -grad
+
+
+def reverse_gradient(x):
+    """Identity forward; the gradient flows back negated (Ganin & Lempitsky 2015)."""
+    return _ReverseGradient.apply(x)
+
+
+class NuisanceAdversary(nn.Module):
+    """A linear model predicting the group (nuisance) from the flattened psi(x).
+
+    Trained to predict the group while the mask net, through a gradient
+    reversal, is trained to defeat it: what a linear model downstream could read
+    of the nuisance is what the mask is pushed to remove.
+    """
+
+    def __init__(self, n_features, n_groups):
+        super().__init__()
+        self.linear = nn.Linear(n_features, n_groups)
+
+    def forward(self, psi):
+        return self.linear(reverse_gradient(psi).flatten(1))

@@ -233,3 +233,35 @@ def test_bad_group_parameters(nuisance_images, tiny, params, error):
     X, y, groups = nuisance_images
     with pytest.raises(error):
         CIMTransformer(**tiny, **params).fit(X, y, groups=groups)
+
+
+def test_adversary_is_trained_against_by_the_mask(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**{**tiny, "max_epochs": 3}, adversary_weight=1.0).fit(X, y, groups=groups)
+    adversary = cim.net_.module_.adversary
+    assert adversary is not None and adversary.linear.out_features == 2
+    assert "train_adversary" in cim.history_[-1]
+    # the reversed gradient: the mask net ascends what the adversary descends
+    net = cim.net_
+    psi = torch.as_tensor(X[:8]).requires_grad_(True)
+    rows = torch.arange(8)
+    loss = net.adversary_term(psi, torch.as_tensor(groups[:8]), rows)
+    grad_psi, grad_w = torch.autograd.grad(loss, [psi, adversary.linear.weight])
+    plain = torch.nn.functional.cross_entropy(
+        adversary.linear(psi.flatten(1)), torch.as_tensor(groups[:8]), reduction="none")
+    expected_psi, expected_w = torch.autograd.grad(
+        (plain * net.sample_weights[rows]).mean(), [psi, adversary.linear.weight])
+    torch.testing.assert_close(grad_w, expected_w)
+    torch.testing.assert_close(grad_psi, -expected_psi)
+    # without it, no adversary is built
+    assert CIMTransformer(**tiny).fit(X, y, groups=groups).net_.module_.adversary is None
+
+
+def test_adversary_survives_save_and_load(nuisance_images, tiny, tmp_path):
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny, adversary_weight=1.0).fit(X, y, groups=groups)
+    path = tmp_path / "cim.pt"
+    cim.save_params(path)
+    loaded = CIMTransformer(**tiny, adversary_weight=1.0).load_params(path)
+    np.testing.assert_array_equal(loaded.transform(X), cim.transform(X))
+    assert loaded.n_groups_ == 2
