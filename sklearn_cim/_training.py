@@ -568,6 +568,15 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
     return net
 
 
+def _same_callbacks(old, new):
+    """Whether two :func:`default_callbacks` lists hold the same user callbacks
+    (the same objects) and both a progress bar or neither."""
+    old, new = list(old or []), list(new or [])
+    return len(old) == len(new) and all(
+        a is b or (isinstance(a, ProgressBar) and isinstance(b, ProgressBar))
+        for a, b in zip(old, new))
+
+
 class TorchEstimatorMixin:
     """What the estimators share about the skorch net they fit (``net_``).
 
@@ -658,11 +667,12 @@ class TorchEstimatorMixin:
         compile_options) for ``device``; none by default."""
         return {}
 
-    def _refresh_net(self, net):
+    def _refresh_net(self, net, device, world=None):
         """Bring a fitted net up to the current parameters before continuing.
 
-        Training settings and loss parameters follow ``set_params``; the
-        networks' architecture cannot change without a fresh fit.
+        Training settings, loss parameters, ``callbacks``, ``verbose`` and the
+        device (``device``, resolved) follow ``set_params``; the networks'
+        architecture cannot change without a fresh fit.
         """
         spec = self._net_spec()[1]
         changed = sorted(k[len("module__"):] for k, v in spec.items()
@@ -672,6 +682,8 @@ class TorchEstimatorMixin:
                 f"warm_start / partial_fit cannot change the networks ({', '.join(changed)} "
                 "differ from the fitted model); set them back, or fit from scratch with "
                 "warm_start=False.")
+        if torch.device(net.device) != torch.device(device):
+            move_net(net, device)  # e.g. unpickled on a CPU-only host, continued on a GPU
         for key, value in spec.items():
             if key != "module" and not key.startswith("module__"):
                 setattr(net, key, value)
@@ -682,6 +694,11 @@ class TorchEstimatorMixin:
         net.keep_optimizer_state = bool(self.keep_optimizer_state)
         net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
         net.set_params(lr=self.lr)
+        net.verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
+        callbacks = default_callbacks(net.verbose, self.callbacks)
+        if not _same_callbacks(net.callbacks, callbacks):  # unchanged ones keep their state
+            net.callbacks = callbacks
+            net.initialize_callbacks()
 
     def _train(self, X, y, *, warm=False, epochs=None):
         """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
@@ -692,12 +709,8 @@ class TorchEstimatorMixin:
             check_agreement(warm, len(X), X.shape[1], device)
         if warm:
             net = self.net_
-            self._refresh_net(net)
+            self._refresh_net(net, device, group)  # e.g. rank 0's model, unpickled in all
             net.world = group
-            if group is not None:
-                net.verbose = self.verbose if group[0] == 0 else 0  # rank 0 prints
-                if torch.device(net.device) != torch.device(device):
-                    move_net(net, device)  # e.g. rank 0's model, unpickled in every process
             seed = net.seed + len(net.history)
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
