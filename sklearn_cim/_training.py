@@ -25,11 +25,12 @@ What it adds to skorch:
   (see :mod:`sklearn_cim.distributed`).
 """
 
+import copy
 import json
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -568,6 +569,26 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
     return net
 
 
+@contextmanager
+def restored_on_error(net):
+    """Put an initialised ``net`` back as it was (attributes, weights, optimizer
+    state, history, device) if the block raises: training changes them in place."""
+    attrs = dict(vars(net))
+    history = copy.deepcopy(net.history_)
+    weights = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+    optimizer = copy.deepcopy(net.optimizer_.state_dict())
+    try:
+        yield
+    except BaseException:
+        vars(net).clear()
+        vars(net).update(attrs)
+        net.history_ = history
+        net.module_.to(net.device)
+        net.module_.load_state_dict(weights)
+        net.optimizer_.load_state_dict(optimizer)
+        raise
+
+
 def _same_callbacks(old, new):
     """Whether two :func:`default_callbacks` lists hold the same user callbacks
     (the same objects) and both a progress bar or neither."""
@@ -707,19 +728,22 @@ class TorchEstimatorMixin:
         device = resolve_device(local_device(self.device) if group else self.device)
         if group is not None:  # the first collective: do all processes agree?
             check_agreement(warm, len(X), X.shape[1], device)
-        if warm:
-            net = self.net_
-            self._refresh_net(net, device, group)  # e.g. rank 0's model, unpickled in all
-            net.world = group
-            seed = net.seed + len(net.history)
-        else:
-            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            if group is not None:  # one seed (batch order, initial weights) for all
-                seed = broadcast_int(seed, device)
-            net = self._new_net(seed, device, group)
-        X_t = place_training_data(X, net.device, pixels=self._pixels)
-        y_t = torch.as_tensor(y, device=net.device)
-        self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
+        # a warm fit that raises leaves net_ as it was (_all_or_nothing restores
+        # the estimator's attributes, not the net they share)
+        with restored_on_error(self.net_) if warm else nullcontext():
+            if warm:
+                net = self.net_
+                self._refresh_net(net, device, group)  # e.g. rank 0's model, unpickled in all
+                net.world = group
+                seed = net.seed + len(net.history)
+            else:
+                seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+                if group is not None:  # one seed (batch order, initial weights) for all
+                    seed = broadcast_int(seed, device)
+                net = self._new_net(seed, device, group)
+            X_t = place_training_data(X, net.device, pixels=self._pixels)
+            y_t = torch.as_tensor(y, device=net.device)
+            self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
         return self.net_
 
     # -- weights-only persistence ----------------------------------------------

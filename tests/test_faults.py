@@ -235,3 +235,38 @@ def test_continuing_moves_the_model_to_the_current_device(images, tiny, kind, mo
     ests[1].set_params(warm_start=True, device="cpu:0").fit(X, y)
     assert moves == ["cpu:0"] and ests[1].device_ == "cpu:0"
     np.testing.assert_array_equal(_output(ests[1], X), _output(ests[0], X))
+
+
+class RaiseAtBatch(Callback):
+    def __init__(self, batch):
+        self.batch, self.seen = batch, 0
+
+    def on_batch_end(self, net, **kwargs):
+        self.seen += 1
+        if self.seen == self.batch:
+            raise RuntimeError("injected failure")
+
+
+@pytest.mark.parametrize("kind, module", [("cim", MaskNet), ("vib", VIBModule)])
+def test_failed_continuation_leaves_the_previous_model(images, tiny, kind, module,
+                                                       monkeypatch):
+    X, y = images
+    X = X.reshape(40, -1)
+    est, twin = (_estimators(tiny)[kind].set_params(max_epochs=1).fit(X, y) for _ in range(2))
+    before = _output(est, X)
+    # the continuation halves the batch size (out of memory), trains a whole
+    # epoch (5 batches of 8) and raises in the second batch of the next one
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "forward", _oom_when_larger_than(8)(module.forward))
+        est.set_params(warm_start=True, max_epochs=3, callbacks=[RaiseAtBatch(7)])
+        with pytest.warns(RuntimeWarning, match="retrying with batch_size=8"):
+            with pytest.raises(RuntimeError, match="injected failure"):
+                est.fit(X, y)
+    np.testing.assert_array_equal(_output(est, X), before)
+    assert len(est.history_) == 1 and est.net_.batch_size == 16
+    # weights, Adam's state and the history are the previous ones: continuing
+    # now equals continuing a model that never failed
+    est.set_params(callbacks=None, max_epochs=2).fit(X, y)
+    twin.set_params(warm_start=True, max_epochs=2).fit(X, y)
+    assert len(est.history_) == len(twin.history_) == 3
+    np.testing.assert_array_equal(_output(est, X), _output(twin, X))
