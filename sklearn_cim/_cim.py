@@ -30,6 +30,7 @@ from ._training import (
     batched_apply,
     native_rows,
     resolve_precision,
+    seeded_global_rng,
     to_unit,
 )
 from ._triplet import MININGS, mine_triplets, triplet_loss
@@ -137,7 +138,8 @@ class CIMNet(TorchNet):
 
     def prepare_training(self):
         # the metric (a random trunk with pretrained=False) is drawn from the
-        # seeded global RNG: the same in every process of a data-parallel fit
+        # global RNG seeded by ``seed``: the same in every process of a
+        # data-parallel fit and whenever it is rebuilt (after unpickling)
         if self.objective.triplet_weight > 0:
             self.get_metric()  # fail before the first step if the trunk is unavailable
 
@@ -157,7 +159,8 @@ class CIMNet(TorchNet):
     def get_metric(self):
         key = (self.objective.distance, self.objective.pretrained, str(self.device))
         if getattr(self, "metric", None) is None or getattr(self, "metric_key", None) != key:
-            self.metric = make_distance(*key[:2]).to(self.device)
+            with seeded_global_rng(self.seed, self.device):  # not by the epochs done
+                self.metric = make_distance(*key[:2]).to(self.device)
             if self.channels_last:
                 self.metric.use_channels_last()
             self.metric_key = key

@@ -25,11 +25,12 @@ What it adds to skorch:
   (see :mod:`sklearn_cim.distributed`).
 """
 
+import copy
 import json
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -572,6 +573,35 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
     return net
 
 
+@contextmanager
+def restored_on_error(net):
+    """Put an initialised ``net`` back as it was (attributes, weights, optimizer
+    state, history, device) if the block raises: training changes them in place."""
+    attrs = dict(vars(net))
+    history = copy.deepcopy(net.history_)
+    weights = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+    optimizer = copy.deepcopy(net.optimizer_.state_dict())
+    try:
+        yield
+    except BaseException:
+        vars(net).clear()
+        vars(net).update(attrs)
+        net.history_ = history
+        net.module_.to(net.device)
+        net.module_.load_state_dict(weights)
+        net.optimizer_.load_state_dict(optimizer)
+        raise
+
+
+def _same_callbacks(old, new):
+    """Whether two :func:`default_callbacks` lists hold the same user callbacks
+    (the same objects) and both a progress bar or neither."""
+    old, new = list(old or []), list(new or [])
+    return len(old) == len(new) and all(
+        a is b or (isinstance(a, ProgressBar) and isinstance(b, ProgressBar))
+        for a, b in zip(old, new))
+
+
 class TorchEstimatorMixin:
     """What the estimators share about the skorch net they fit (``net_``).
 
@@ -662,11 +692,12 @@ class TorchEstimatorMixin:
         compile_options) for ``device``; none by default."""
         return {}
 
-    def _refresh_net(self, net):
+    def _refresh_net(self, net, device, world=None):
         """Bring a fitted net up to the current parameters before continuing.
 
-        Training settings and loss parameters follow ``set_params``; the
-        networks' architecture cannot change without a fresh fit.
+        Training settings, loss parameters, ``callbacks``, ``verbose`` and the
+        device (``device``, resolved) follow ``set_params``; the networks'
+        architecture cannot change without a fresh fit.
         """
         spec = self._net_spec()[1]
         changed = sorted(k[len("module__"):] for k, v in spec.items()
@@ -676,6 +707,8 @@ class TorchEstimatorMixin:
                 f"warm_start / partial_fit cannot change the networks ({', '.join(changed)} "
                 "differ from the fitted model); set them back, or fit from scratch with "
                 "warm_start=False.")
+        if torch.device(net.device) != torch.device(device):
+            move_net(net, device)  # e.g. unpickled on a CPU-only host, continued on a GPU
         for key, value in spec.items():
             if key != "module" and not key.startswith("module__"):
                 setattr(net, key, value)
@@ -686,6 +719,11 @@ class TorchEstimatorMixin:
         net.keep_optimizer_state = bool(self.keep_optimizer_state)
         net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
         net.set_params(lr=self.lr)
+        net.verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
+        callbacks = default_callbacks(net.verbose, self.callbacks)
+        if not _same_callbacks(net.callbacks, callbacks):  # unchanged ones keep their state
+            net.callbacks = callbacks
+            net.initialize_callbacks()
 
     def _train(self, X, y, *, warm=False, epochs=None):
         """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
@@ -694,24 +732,23 @@ class TorchEstimatorMixin:
         device = resolve_device(local_device(self.device) if group else self.device)
         if group is not None:  # the first collective: do all processes agree?
             check_agreement(warm, len(X), X.shape[1], device)
-        if warm:
-            net = self.net_
-            self._refresh_net(net)
-            net.world = group
-            if group is not None:
-                net.verbose = self.verbose if group[0] == 0 else 0  # rank 0 prints
-                if torch.device(net.device) != torch.device(device):
-                    move_net(net, device)  # e.g. rank 0's model, unpickled in every process
-            seed = net.seed + len(net.history)
-        else:
-            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-            if group is not None:  # one seed (batch order, initial weights) for all
-                seed = broadcast_int(seed, device)
-            net = self._new_net(seed, device, group)
-        X_t = place_training_data(X, net.device, pixels=self._pixels)
-        y_t = torch.as_tensor(y, device=net.device)
-        net.set_training_data(X_t, y_t)
-        self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
+        # a warm fit that raises leaves net_ as it was (_all_or_nothing restores
+        # the estimator's attributes, not the net they share)
+        with restored_on_error(self.net_) if warm else nullcontext():
+            if warm:
+                net = self.net_
+                self._refresh_net(net, device, group)  # e.g. rank 0's model, unpickled in all
+                net.world = group
+                seed = net.seed + len(net.history)
+            else:
+                seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+                if group is not None:  # one seed (batch order, initial weights) for all
+                    seed = broadcast_int(seed, device)
+                net = self._new_net(seed, device, group)
+            X_t = place_training_data(X, net.device, pixels=self._pixels)
+            y_t = torch.as_tensor(y, device=net.device)
+            net.set_training_data(X_t, y_t)
+            self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
         return self.net_
 
     # -- weights-only persistence ----------------------------------------------

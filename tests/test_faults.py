@@ -176,3 +176,97 @@ def test_vib_integer_images_are_values_not_wrapped_pixels(images):
     from_ints = VIBClassifier(**params).fit(Xi, y).predict_proba(Xi)
     from_floats = VIBClassifier(**params).fit(Xi.astype(np.float32), y).predict_proba(Xi)
     np.testing.assert_allclose(from_ints, from_floats, rtol=1e-5, atol=1e-6)
+
+
+class CountEpochs(Callback):
+    def __init__(self):
+        self.epochs = 0
+
+    def on_epoch_end(self, net, **kwargs):
+        self.epochs += 1
+
+
+@pytest.mark.parametrize("kind", ["cim", "vib"])
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_continuing_follows_callbacks_and_verbose(images, tiny, kind, how, capsys):
+    X, y = images
+    X = X.reshape(40, -1)
+    est = _estimators(tiny)[kind].set_params(max_epochs=1).fit(X, y)
+    assert capsys.readouterr().out == ""
+
+    def go_on():
+        est.fit(X, y) if how == "warm_start" else est.partial_fit(X, y)
+
+    est.set_params(warm_start=True, verbose=1)
+    go_on()
+    printed = capsys.readouterr().out
+    assert [line.split()[0] for line in printed.splitlines()[-1:]] == ["2"], printed
+    counter = CountEpochs()
+    est.set_params(callbacks=[counter])
+    go_on()
+    assert counter.epochs == 1
+    capsys.readouterr()
+    est.set_params(callbacks=None, verbose=0)
+    go_on()
+    assert counter.epochs == 1 and capsys.readouterr().out == ""
+    assert len(est.history_) == 4
+
+
+@pytest.mark.parametrize("kind", ["cim", "vib"])
+def test_continuing_moves_the_model_to_the_current_device(images, tiny, kind, monkeypatch):
+    # "cpu:0" is a device other than "cpu" to torch (as "cuda" is after a fit on
+    # CPU): the net must be moved, and continue as it would have on "cpu"
+    import sklearn_cim._training as training
+
+    moves = []
+
+    def spy(net, device):
+        moves.append(device)
+        return move_net(net, device)
+
+    move_net = training.move_net
+    monkeypatch.setattr(training, "move_net", spy)
+    X, y = images
+    X = X.reshape(40, -1)
+    ests = [_estimators(tiny)[kind].fit(X, y) for _ in range(2)]
+    assert ests[0].device_ == "cpu"
+    ests[0].set_params(warm_start=True).fit(X, y)
+    assert moves == []
+    ests[1].set_params(warm_start=True, device="cpu:0").fit(X, y)
+    assert moves == ["cpu:0"] and ests[1].device_ == "cpu:0"
+    np.testing.assert_array_equal(_output(ests[1], X), _output(ests[0], X))
+
+
+class RaiseAtBatch(Callback):
+    def __init__(self, batch):
+        self.batch, self.seen = batch, 0
+
+    def on_batch_end(self, net, **kwargs):
+        self.seen += 1
+        if self.seen == self.batch:
+            raise RuntimeError("injected failure")
+
+
+@pytest.mark.parametrize("kind, module", [("cim", MaskNet), ("vib", VIBModule)])
+def test_failed_continuation_leaves_the_previous_model(images, tiny, kind, module,
+                                                       monkeypatch):
+    X, y = images
+    X = X.reshape(40, -1)
+    est, twin = (_estimators(tiny)[kind].set_params(max_epochs=1).fit(X, y) for _ in range(2))
+    before = _output(est, X)
+    # the continuation halves the batch size (out of memory), trains a whole
+    # epoch (5 batches of 8) and raises in the second batch of the next one
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "forward", _oom_when_larger_than(8)(module.forward))
+        est.set_params(warm_start=True, max_epochs=3, callbacks=[RaiseAtBatch(7)])
+        with pytest.warns(RuntimeWarning, match="retrying with batch_size=8"):
+            with pytest.raises(RuntimeError, match="injected failure"):
+                est.fit(X, y)
+    np.testing.assert_array_equal(_output(est, X), before)
+    assert len(est.history_) == 1 and est.net_.batch_size == 16
+    # weights, Adam's state and the history are the previous ones: continuing
+    # now equals continuing a model that never failed
+    est.set_params(callbacks=None, max_epochs=2).fit(X, y)
+    twin.set_params(warm_start=True, max_epochs=2).fit(X, y)
+    assert len(est.history_) == len(twin.history_) == 3
+    np.testing.assert_array_equal(_output(est, X), _output(twin, X))

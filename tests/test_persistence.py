@@ -1,5 +1,6 @@
 """Persistence: weights-only files, pickles across processes."""
 
+import pickle
 import subprocess
 import sys
 
@@ -107,3 +108,21 @@ def test_saved_params_keep_feature_names(images, tiny, tmp_path):
     loaded = CIMTransformer(**tiny).load_params(tmp_path / "cim.safetensors")
     assert list(loaded.get_feature_names_out()) == list(df.columns)
     np.testing.assert_array_equal(loaded.transform(df), est.transform(df))
+
+
+def test_warm_start_after_unpickling_continues_exactly_with_a_random_lpips_trunk(images,
+                                                                                 tiny):
+    # the random trunk (pretrained=False) is not pickled: it must be rebuilt as it was
+    _, y = images
+    X3 = np.random.RandomState(0).rand(40, 3, 8, 8).astype(np.float32)
+    params = {**tiny, "distance": "lpips-alex", "pretrained": False,
+              "keep_optimizer_state": True}
+    cim = CIMTransformer(**params).fit(X3, y)
+    back = pickle.loads(pickle.dumps(cim))
+    assert getattr(back.net_, "metric", None) is None
+    cim.set_params(warm_start=True).fit(X3, y)
+    back.set_params(warm_start=True).fit(X3, y)
+    assert len(back.history_) == len(cim.history_) == 2
+    assert cim.history_[-1, "train_triplet"] > 0  # the trunk shapes the update
+    assert back.history_[-1, "train_triplet"] == cim.history_[-1, "train_triplet"]
+    assert np.array_equal(back.transform(X3), cim.transform(X3))
