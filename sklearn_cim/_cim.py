@@ -238,8 +238,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         Arithmetic of the networks and the distance in ``fit`` and ``transform``:
         ``"bfloat16"`` runs them under bf16 autocast (the product m * X, SSIM's
         statistics, the logged loss sums and ``transform``'s output stay
-        float32). ``"auto"``: bf16 on CUDA, float32 on
-        CPU. bf16 changes masks by up to about 1e-2.
+        float32). ``"auto"``: bf16 on CUDA devices with native bf16 (compute
+        capability 8.0+), else float32. bf16 changes masks by up to about 1e-2.
     compile : bool or dict, default=False
         ``torch.compile`` the training forward (mask net and head); a dict is
         passed to ``torch.compile`` as keyword arguments, e.g.

@@ -111,10 +111,18 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def resolve_precision(precision, device):
-    """``"auto"``: bf16 autocast on CUDA, float32 elsewhere."""
+    """``"auto"``: bf16 autocast on a CUDA device with native bf16 (compute
+    capability 8.0+, or ROCm), float32 elsewhere."""
     if precision == "auto":
-        return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+        return "bfloat16" if torch.device(device).type == "cuda" and _native_bf16() else "float32"
     return precision
+
+
+def _native_bf16():
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.5 has no including_emulation
+        return torch.cuda.is_bf16_supported()
 
 
 def autocast(device, precision):

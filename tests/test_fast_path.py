@@ -52,10 +52,26 @@ def test_bf16_training_step_matches_float32(distance):
                                atol=3e-2)
 
 
-def test_auto_precision_is_float32_on_cpu():
+def test_auto_precision_is_float32_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kwargs: True)
     assert training.resolve_precision("auto", "cpu") == "float32"
     assert training.resolve_precision("auto", "cuda") == "bfloat16"
     assert training.resolve_precision("float32", "cuda") == "float32"
+
+
+def test_auto_precision_is_float32_on_a_gpu_without_bf16(monkeypatch):
+    # resolve_precision only inspects the device type: a "cuda" string is enough
+    asked = []
+
+    def no_bf16(including_emulation=True):
+        asked.append(including_emulation)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", no_bf16)
+    assert training.resolve_precision("auto", "cuda") == "float32"
+    assert training.resolve_precision("auto", "cuda:1") == "float32"
+    assert asked and not any(asked)  # emulated bf16 (pre-Ampere) does not count
+    assert training.resolve_precision("bfloat16", "cuda") == "bfloat16"  # as asked
 
 
 def test_channels_last_gives_the_same_model(tiny, monkeypatch):
