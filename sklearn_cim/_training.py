@@ -513,9 +513,15 @@ _GLOBAL_RNG_LOCK = threading.RLock()
 def seeded_global_rng(seed, device):
     """Run a block with torch's global RNG seeded by ``seed`` (None: as it is),
     then restore it; blocks of other threads wait."""
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=_rng_devices(device)):
+    devices = _rng_devices(device)
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=devices):
         if seed is not None:
-            torch.manual_seed(seed)
+            # Only the generators fork_rng restores: the CPU's and the device's
+            # (torch.manual_seed would also seed, and leave changed, other GPUs).
+            torch.default_generator.manual_seed(seed)
+            for index in devices:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
         yield
 
 
