@@ -18,7 +18,7 @@ from ._training import (
     batched_apply,
     resolve_precision,
 )
-from ._triplet import MININGS, mine_triplets, triplet_loss
+from ._triplet import MININGS, mine_triplets, mining_distances, triplet_loss
 from ._validation import (
     check_choice,
     check_data_range,
@@ -137,7 +137,7 @@ class CIMNet(TorchNet):
         One trunk pass with gradient (the anchors psi(x)); positives and
         negatives are rows of gradient-free embeddings: of the originals, or of
         psi itself (detached) with ``pair_transform=True``. Hard mining uses the
-        originals' pairwise distances.
+        originals' pairwise distances, in float32 (outside autocast).
         """
         obj = self.objective
         metric = self.get_metric()
@@ -145,7 +145,7 @@ class CIMNet(TorchNet):
         with torch.no_grad():
             need_originals = not obj.pair_transform or obj.mining == "hard"
             originals = metric.embed(x) if need_originals else None
-            pairwise = metric.pairwise(originals) if obj.mining == "hard" else None
+            pairwise = mining_distances(metric, originals) if obj.mining == "hard" else None
         pos, neg, valid = mine_triplets(
             y, obj.mining, generator=self.generator, pairwise=pairwise)
         pairs = [e.detach() for e in anchor] if obj.pair_transform else originals
