@@ -24,6 +24,7 @@ from ._validation import (
     check_data_range,
     check_number,
     encode_labels,
+    require_y,
     validate_images,
     value_scale,
 )
@@ -429,6 +430,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             ``Cm`` is 1, or C with ``per_channel_mask=True``.
         """
         return self._apply(X, "mask")
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit to (X, y), then return psi(X) (see :meth:`transform`).
+
+        ``y`` is required, as in :meth:`fit`: a ``ValueError`` says so without it.
+        """
+        require_y(self, y, "fit_transform")
+        return super().fit_transform(X, y, **fit_params)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -260,6 +260,15 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
     return X, y, shape, was_4d
 
 
+def require_y(estimator, y, method):
+    """Raise a ``ValueError`` naming the fix when ``method`` got no labels y."""
+    if y is None:
+        raise ValueError(
+            f"{type(estimator).__name__} requires y to be passed, but the target y "
+            f"is None: {method} trains on the class labels of X. Call {method}(X, y)."
+        )
+
+
 def encode_labels(y, *, min_per_class=1, classes=None):
     """Return ``(classes, y_encoded)`` after checking the labels.
 

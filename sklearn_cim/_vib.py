@@ -21,6 +21,7 @@ from ._training import TorchEstimatorMixin, TorchNet, batched_apply
 from ._validation import (
     check_number,
     encode_labels,
+    require_y,
     validate_data_with_fix,
     validate_images,
 )
@@ -327,8 +328,12 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
         out = self._batched(proba, X, len(self.classes_)).astype(np.float64)
         return out / out.sum(axis=1, keepdims=True)
 
-    def fit_transform(self, X, y):
-        """Fit, then return the latent means mu(X) (see :meth:`transform`)."""
+    def fit_transform(self, X, y=None):
+        """Fit, then return the latent means mu(X) (see :meth:`transform`).
+
+        ``y`` is required, as in :meth:`fit`: a ``ValueError`` says so without it.
+        """
+        require_y(self, y, "fit_transform")
         return self.fit(X, y).transform(X)
 
     def predict_log_proba(self, X):
