@@ -177,7 +177,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     image_shape : tuple of int or None, default=None
         ``(C, H, W)`` (or ``(H, W)`` for grayscale) of each row of a 2-D X; one
         entry may be -1. None infers square grayscale (``H*H`` features) and
-        square RGB (``3*H*H``) rows, and is not needed for 4-D X.
+        square RGB (``3*H*H``) rows, and is not needed for 4-D X. Square RGB
+        comes with a ``UserWarning``: ``3*H*H`` values are also grayscale images
+        of other shapes (768: ``(3, 16, 16)``, or 16x48 or 24x32 grayscale); pass
+        ``image_shape`` to choose.
     distance : {"lpips-alex", "lpips-vgg", "lpips-squeeze", "ssim", "l2"} or \
             callable, default="lpips-alex"
         ``d`` of the triplet loss. A callable takes two float tensors
