@@ -33,12 +33,13 @@ from ._training import (
     seeded_global_rng,
     to_unit,
 )
-from ._triplet import MININGS, mine_triplets, triplet_loss
+from ._triplet import MININGS, mine_triplets, mining_distances, triplet_loss
 from ._validation import (
     check_choice,
     check_data_range,
     check_number,
     encode_labels,
+    require_y,
     validate_images,
     value_scale,
 )
@@ -210,9 +211,9 @@ class CIMNet(TorchNet):
         One trunk pass with gradient (the anchors psi(x)); positives and
         negatives are rows of gradient-free embeddings: of the originals, or of
         psi itself (detached) with ``pair_transform=True``. Hard mining uses the
-        originals' pairwise distances. With groups and ``group_triplets``, the
-        positive and the negative are drawn from the whole training set
-        (:meth:`group_triplet_term`).
+        originals' pairwise distances, in float32 (outside autocast). With groups
+        and ``group_triplets``, the positive and the negative are drawn from the
+        whole training set (:meth:`group_triplet_term`).
         """
         obj = self.objective
         metric = self.get_metric()
@@ -222,7 +223,7 @@ class CIMNet(TorchNet):
         with torch.no_grad():
             need_originals = not obj.pair_transform or obj.mining == "hard"
             originals = metric.embed(x) if need_originals else None
-            pairwise = metric.pairwise(originals) if obj.mining == "hard" else None
+            pairwise = mining_distances(metric, originals) if obj.mining == "hard" else None
         pos, neg, valid = mine_triplets(
             y, obj.mining, generator=self.generator, pairwise=pairwise)
         pairs = [e.detach() for e in anchor] if obj.pair_transform else originals
@@ -280,7 +281,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     image_shape : tuple of int or None, default=None
         ``(C, H, W)`` (or ``(H, W)`` for grayscale) of each row of a 2-D X; one
         entry may be -1. None infers square grayscale (``H*H`` features) and
-        square RGB (``3*H*H``) rows, and is not needed for 4-D X.
+        square RGB (``3*H*H``) rows, and is not needed for 4-D X. Square RGB
+        comes with a ``UserWarning``: ``3*H*H`` values are also grayscale images
+        of other shapes (768: ``(3, 16, 16)``, or 16x48 or 24x32 grayscale); pass
+        ``image_shape`` to choose.
     distance : {"lpips-alex", "lpips-vgg", "lpips-squeeze", "ssim", "l2"} or \
             callable, default="lpips-alex"
         ``d`` of the triplet loss. A callable takes two float tensors
@@ -342,8 +346,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         Arithmetic of the networks and the distance in ``fit`` and ``transform``:
         ``"bfloat16"`` runs them under bf16 autocast (the product m * X, SSIM's
         statistics, the logged loss sums and ``transform``'s output stay
-        float32). ``"auto"``: bf16 on CUDA, float32 on
-        CPU. bf16 changes masks by up to about 1e-2.
+        float32). ``"auto"``: bf16 on CUDA devices with native bf16 (compute
+        capability 8.0+), else float32. bf16 changes masks by up to about 1e-2.
     compile : bool or dict, default=False
         ``torch.compile`` the training forward (mask net and head); a dict is
         passed to ``torch.compile`` as keyword arguments, e.g.
@@ -554,6 +558,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             ``Cm`` is 1, or C with ``per_channel_mask=True``.
         """
         return self._apply(X, "mask")
+
+    def fit_transform(self, X, y=None, **fit_params):
+        """Fit to (X, y), then return psi(X) (see :meth:`transform`).
+
+        ``y`` is required, as in :meth:`fit`: a ``ValueError`` says so without it.
+        """
+        require_y(self, y, "fit_transform")
+        return super().fit_transform(X, y, **fit_params)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -112,10 +112,18 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def resolve_precision(precision, device):
-    """``"auto"``: bf16 autocast on CUDA, float32 elsewhere."""
+    """``"auto"``: bf16 autocast on a CUDA device with native bf16 (compute
+    capability 8.0+, or ROCm), float32 elsewhere."""
     if precision == "auto":
-        return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+        return "bfloat16" if torch.device(device).type == "cuda" and _native_bf16() else "float32"
     return precision
+
+
+def _native_bf16():
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.5 has no including_emulation
+        return torch.cuda.is_bf16_supported()
 
 
 def autocast(device, precision):
@@ -510,9 +518,15 @@ _GLOBAL_RNG_LOCK = threading.RLock()
 def seeded_global_rng(seed, device):
     """Run a block with torch's global RNG seeded by ``seed`` (None: as it is),
     then restore it; blocks of other threads wait."""
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=_rng_devices(device)):
+    devices = _rng_devices(device)
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=devices):
         if seed is not None:
-            torch.manual_seed(seed)
+            # Only the generators fork_rng restores: the CPU's and the device's
+            # (torch.manual_seed would also seed, and leave changed, other GPUs).
+            torch.default_generator.manual_seed(seed)
+            for index in devices:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
         yield
 
 

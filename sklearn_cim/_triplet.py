@@ -37,6 +37,18 @@ def mine_triplets(y, mining, *, generator=None, pairwise=None):
     return pos, neg, valid
 
 
+def mining_distances(metric, embedding):
+    """``metric``'s pairwise distance matrix of ``embedding`` for hard mining,
+    in float32 whatever autocast is active.
+
+    Under bf16 the matrix (a difference of Gram products for "l2" and LPIPS)
+    cancels badly: near-duplicates read as 0 and the nearest negative changes.
+    """
+    device_type = embedding[0].device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        return metric.pairwise([e.float() for e in embedding]).float()
+
+
 def triplet_loss(d_pos, d_neg, margin, valid):
     """Mean of ``relu(d_pos - d_neg + margin)`` over the valid anchors."""
     per_anchor = torch.relu(d_pos - d_neg + margin) * valid

@@ -5,6 +5,7 @@ what to change; nothing is silently converted or clipped.
 """
 
 import re
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -207,11 +208,29 @@ def value_scale(X, data_range):
     return (low, high)
 
 
+def _warn_inferred_rgb(shape):
+    """Rows of 3*H*H values are also grayscale images of other shapes (768 values:
+    (3, 16, 16), or grayscale 16x48 or 24x32): say which reading was taken."""
+    _, h, _ = shape
+    n = 3 * h * h
+    other = f"(1, {h}, {3 * h})" + (f" or (1, {3 * h // 2}, {2 * h})" if h % 2 == 0 else "")
+    warnings.warn(
+        f"image_shape=None: rows of {n} features are read as square RGB images "
+        f"{shape}, but {n} values could also be grayscale images, e.g. {other}. "
+        f"Pass image_shape={shape} to confirm (and silence this warning), or the "
+        "shape your rows hold, or give X as a 4-D array (n_samples, C, H, W).",
+        UserWarning, stacklevel=6,  # the caller of fit or partial_fit
+    )
+
+
 def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
     """Validate X (2-D rows or 4-D images) and optionally y.
 
     Returns ``(X2d, y, image_shape, was_4d)`` where ``X2d`` keeps the input's
     numeric dtype (uint8 stays uint8) and ``n_features_in_`` counts C*H*W.
+    With ``image_shape=None`` and 2-D X the shape is inferred (see
+    :func:`resolve_image_shape`); square RGB (``3*H*H`` values, which grayscale
+    images of other shapes also have) comes with a ``UserWarning``.
     """
     if isinstance(X, (list, tuple)):
         try:
@@ -248,6 +267,8 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
             shape = shape4
         else:
             shape = resolve_image_shape(image_shape, X.shape[1])
+            if image_shape is None and shape[0] == 3:
+                _warn_inferred_rgb(shape)
     else:
         shape = estimator.image_shape_
         if was_4d and shape4 != tuple(shape):
@@ -258,6 +279,15 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
                 "first), or fit again on the new images."
             )
     return X, y, shape, was_4d
+
+
+def require_y(estimator, y, method):
+    """Raise a ``ValueError`` naming the fix when ``method`` got no labels y."""
+    if y is None:
+        raise ValueError(
+            f"{type(estimator).__name__} requires y to be passed, but the target y "
+            f"is None: {method} trains on the class labels of X. Call {method}(X, y)."
+        )
 
 
 def encode_labels(y, *, min_per_class=1, classes=None):

@@ -6,7 +6,12 @@ from numbers import Integral
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import (
+    BaseEstimator,
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+)
 from sklearn.utils import TransformerTags
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -16,6 +21,7 @@ from ._training import TorchEstimatorMixin, TorchNet, batched_apply
 from ._validation import (
     check_number,
     encode_labels,
+    require_y,
     validate_data_with_fix,
     validate_images,
 )
@@ -97,7 +103,8 @@ class VIBNet(TorchNet):
         return {"ce": (1.0, ce), "kl": (self.beta, gaussian_kl(mu, sigma))}
 
 
-class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
+class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, TransformerMixin,
+                    TorchEstimatorMixin, BaseEstimator):
     """Deep variational information bottleneck classifier (Alemi et al., 2017).
 
     A stochastic encoder maps ``x`` to ``p(z|x) = N(mu(x), diag sigma(x)^2)``
@@ -110,7 +117,9 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
     batch). The CE is the distortion, the KL the rate: larger ``beta``
     compresses more (lower KL) at some cost in fit. ``predict_proba`` averages
     the softmax over ``n_test_samples`` draws; ``transform`` returns ``mu(x)``
-    so the estimator can serve as a learnt embedding.
+    so the estimator can serve as a learnt embedding (its columns are named
+    ``vibclassifier0``, ... by ``get_feature_names_out``, and ``set_output``
+    applies to it).
 
     Features are used as they are (no range is assumed): any finite 2-D float
     features work; scale them as for any neural net (e.g. ``StandardScaler``,
@@ -319,8 +328,12 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         out = self._batched(proba, X, len(self.classes_)).astype(np.float64)
         return out / out.sum(axis=1, keepdims=True)
 
-    def fit_transform(self, X, y):
-        """Fit, then return the latent means mu(X) (see :meth:`transform`)."""
+    def fit_transform(self, X, y=None):
+        """Fit, then return the latent means mu(X) (see :meth:`transform`).
+
+        ``y`` is required, as in :meth:`fit`: a ``ValueError`` says so without it.
+        """
+        require_y(self, y, "fit_transform")
         return self.fit(X, y).transform(X)
 
     def predict_log_proba(self, X):
@@ -363,9 +376,14 @@ class VIBClassifier(ClassifierMixin, TorchEstimatorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         # transform() embeds X as mu(x), so the transformer checks apply too
-        # (fit_transform is defined; there is no set_output).
+        # (fit_transform, get_feature_names_out and set_output are defined).
         tags.transformer_tags = TransformerTags(preserves_dtype=["float64", "float32"])
         return tags
+
+    @property
+    def _n_features_out(self):
+        # Columns of transform: the latent means (get_feature_names_out names them).
+        return self.net_.module__latent_dim
 
     # -- internals ------------------------------------------------------------
     def _check_params(self):

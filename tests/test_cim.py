@@ -34,7 +34,8 @@ def test_rgb_rows_and_per_channel_masks(tiny):
     rng = np.random.RandomState(1)
     X = rng.rand(32, 3 * 6 * 6).astype(np.float32)
     y = np.repeat(["cat", "dog"], 16)
-    cim = CIMTransformer(**tiny, per_channel_mask=True).fit(X, y)
+    with pytest.warns(UserWarning, match="read as square RGB images"):
+        cim = CIMTransformer(**tiny, per_channel_mask=True).fit(X, y)
     assert cim.image_shape_ == (3, 6, 6)
     assert list(cim.classes_) == ["cat", "dog"]
     m = cim.masks(X.reshape(32, 3, 6, 6))

@@ -52,10 +52,26 @@ def test_bf16_training_step_matches_float32(distance):
                                atol=3e-2)
 
 
-def test_auto_precision_is_float32_on_cpu():
+def test_auto_precision_is_float32_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kwargs: True)
     assert training.resolve_precision("auto", "cpu") == "float32"
     assert training.resolve_precision("auto", "cuda") == "bfloat16"
     assert training.resolve_precision("float32", "cuda") == "float32"
+
+
+def test_auto_precision_is_float32_on_a_gpu_without_bf16(monkeypatch):
+    # resolve_precision only inspects the device type: a "cuda" string is enough
+    asked = []
+
+    def no_bf16(including_emulation=True):
+        asked.append(including_emulation)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", no_bf16)
+    assert training.resolve_precision("auto", "cuda") == "float32"
+    assert training.resolve_precision("auto", "cuda:1") == "float32"
+    assert asked and not any(asked)  # emulated bf16 (pre-Ampere) does not count
+    assert training.resolve_precision("bfloat16", "cuda") == "bfloat16"  # as asked
 
 
 def test_channels_last_gives_the_same_model(tiny, monkeypatch):
@@ -244,3 +260,39 @@ def test_keep_optimizer_state_set_after_fit_applies_to_the_pickle(tiny):
     assert len(back.net_.optimizer_.state) > 0
     cim.set_params(keep_optimizer_state=False)
     assert len(pickle.loads(pickle.dumps(cim)).net_.optimizer_.state) == 0
+
+
+def test_bf16_hard_mining_mines_in_float32(monkeypatch):
+    """Hard mining under bf16 autocast picks the negatives float32 distances pick,
+    on near-duplicates (RMS 0.01-0.03 apart) that bf16 Gram products confuse."""
+    import sklearn_cim._cim as cim_module
+    from sklearn_cim._distances import L2Distance
+    from sklearn_cim._triplet import mine_triplets
+
+    rng = np.random.RandomState(0)
+    base = rng.rand(8, 1, 8, 8)
+    dups = [np.clip(base + s * rng.randn(*base.shape), 0, 1) for s in (0.01, 0.02, 0.03)]
+    X = np.concatenate([base] + dups).astype(np.float32)
+    y = np.repeat([0, 1], [8, 24])
+    seen, mined = [], []
+    pairwise = L2Distance.pairwise
+
+    def spy_pairwise(self, e):  # the embedding hard mining measures
+        seen.append(e[0].detach().clone())
+        return pairwise(self, e)
+
+    def spy_mine(y, mining, **kwargs):  # the triplets training uses
+        mined.append((y, mine_triplets(y, mining, **kwargs)))
+        return mined[-1][1]
+
+    monkeypatch.setattr(L2Distance, "pairwise", spy_pairwise)
+    monkeypatch.setattr(cim_module, "mine_triplets", spy_mine)
+    CIMTransformer(distance="l2", mining="hard", precision="bfloat16", max_epochs=1,
+                   batch_size=len(X), tn_width=4, tn_depth=1, head_width=4,
+                   device="cpu", random_state=0).fit(X, y)
+    assert len(seen) == len(mined) == 1
+    (y_batch, (_, neg, _)), = mined
+    reference = pairwise(L2Distance(), [seen[0].float()])  # float32, no autocast
+    _, neg32, _ = mine_triplets(y_batch, "hard", pairwise=reference)
+    changed = (neg != neg32).float().mean().item()
+    assert changed == 0, f"bf16 changed the nearest negative of {changed:.1%} of rows"

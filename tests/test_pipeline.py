@@ -77,3 +77,24 @@ def test_grid_search_over_triplet_weight_and_beta(images, tiny):
     scores = search.cv_results_["mean_test_score"]
     assert len(scores) == 4 and np.all(np.isfinite(scores))
     assert set(search.best_params_) == set(grid)
+
+
+def test_cim_then_vib_pipeline_set_output_pandas(images, tiny):
+    import pandas as pd
+    from sklearn.pipeline import make_pipeline
+
+    from sklearn_cim import VIBClassifier
+
+    X, y = images
+    X = X.reshape(40, -1)
+    vib = VIBClassifier(hidden_layer_sizes=(8,), latent_dim=3, max_epochs=2,
+                        batch_size=16, device="cpu", random_state=0)
+    pipe = make_pipeline(CIMTransformer(**tiny), vib).set_output(transform="pandas")
+    pipe.fit(X, y)
+    out = pipe.transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert out.shape == (40, 3)
+    names = pipe[-1].get_feature_names_out()
+    assert list(out.columns) == list(names) == [f"vibclassifier{i}" for i in range(3)]
+    assert len(names) == vib.transform(pipe[0].transform(X)).shape[1]
+    assert pipe.predict(X).shape == (40,)

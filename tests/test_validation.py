@@ -1,5 +1,7 @@
 """Input validation: image shapes, value ranges, labels, parameters."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
@@ -13,6 +15,24 @@ from sklearn_cim._validation import resolve_image_shape
 ])
 def test_infers_square_grayscale_and_rgb(n_features, expected):
     assert resolve_image_shape(None, n_features) == expected
+
+
+def test_inferred_square_rgb_is_not_a_silent_guess():
+    """768 values are (3, 16, 16) RGB, or grayscale 16x48 or 24x32: fit says which
+    reading it took and how to choose; an explicit or unambiguous shape is quiet."""
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(32, 768).astype(np.float32), np.repeat([0, 1], 16)
+    params = dict(distance="l2", max_epochs=1, batch_size=16, tn_width=4, tn_depth=1,
+                  head_width=4, device="cpu", random_state=0)
+    with pytest.warns(UserWarning, match=r"\(1, 16, 48\) or \(1, 24, 32\)\. Pass "
+                                         r"image_shape=\(3, 16, 16\) to confirm"):
+        assert CIMTransformer(**params).fit(X, y).image_shape_ == (3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CIMTransformer(**params, image_shape=(3, 16, 16)).fit(X, y)
+        CIMTransformer(**params, image_shape=(16, 48)).fit(X, y)
+        CIMTransformer(**params).fit(X.reshape(32, 3, 16, 16), y)
+        CIMTransformer(**params).fit(X[:, :64], y)  # square grayscale
 
 
 @pytest.mark.parametrize("n_features", [10, 2 * 16 * 16, 3 * 16 * 20])
