@@ -138,7 +138,8 @@ def run(data, cim_params, vib_params, models, emit, group_params=None, **tags):
         wanted = [n for n in names if n in models]
         if not wanted:
             continue
-        cim, s_cim = timed(lambda: CIMTransformer(**{**cim_params, **extra}).fit(
+        cim, s_cim = timed(lambda: CIMTransformer(
+            image_shape=(3, side, side), **{**cim_params, **extra}).fit(
             X_tr, data.y_train, groups=groups))
         Z_tr, Z_id, Z_ood = (cim.transform(a) for a in (X_tr, X_id, X_ood))
         if cim.groups_ is not None:
@@ -153,14 +154,17 @@ def run(data, cim_params, vib_params, models, emit, group_params=None, **tags):
 def summarise(lines):
     """Markdown table: mean +- std per (nuisance, model), and the OOD gap closed."""
     out = []
-    for nuisance in dict.fromkeys(r["nuisance"] for r in lines):
-        rows = [r for r in lines if r["nuisance"] == nuisance and "ood" in r]
+    for dataset, nuisance in dict.fromkeys((r.get("dataset"), r["nuisance"]) for r in lines):
+        rows = [r for r in lines if r["nuisance"] == nuisance and "ood" in r
+                and r.get("dataset") == dataset]
+        proxy = [r["proxy_agreement"] for r in lines if "proxy_agreement" in r
+                 and r["nuisance"] == nuisance and r.get("dataset") == dataset]
         by_model = {}
         for r in rows:
             by_model.setdefault(r["model"], []).append(r)
         erm = np.mean([r["ood"] for r in by_model.get("ERM", [])] or [np.nan])
         oracle = np.mean([r["ood"] for r in by_model.get("oracle", [])] or [np.nan])
-        out.append(f"\n{nuisance} (seeds: {len(by_model.get('ERM', []))})\n")
+        out.append(f"\n{dataset}, {nuisance} (seeds: {len(by_model.get('ERM', []))})\n")
         out.append("| model | in-distribution | OOD | worst-group OOD | OOD gap closed | fit s |")
         out.append("|---|---|---|---|---|---|")
         for model, rs in by_model.items():
@@ -171,6 +175,9 @@ def summarise(lines):
             gap = (np.mean([r["ood"] for r in rs]) - erm) / (oracle - erm)
             fit_s = np.mean([r["fit_s"] for r in rs])
             out.append(f"| {model} | {' | '.join(cells)} | {gap:.0%} | {fit_s:.0f} |")
+        if proxy:
+            out.append(f"\ninferred groups agree with the true nuisance on "
+                       f"{np.mean(proxy):.1%} of the training images (mean over seeds)")
     return "\n".join(out)
 
 
@@ -185,6 +192,8 @@ def main(argv=None):
     parser.add_argument("--group-epochs", type=int, default=None,
                         help="CIM epochs of the group-aware rows (default: --epochs)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--group-cim", type=json.loads, default={},
+                        help="extra CIMTransformer parameters of the group-aware rows, as JSON")
     parser.add_argument("--vib-epochs", type=int, default=15)
     parser.add_argument("--ablation", action="store_true")
     parser.add_argument("--cim", type=json.loads, default={},
@@ -193,7 +202,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (e.g. 1 per process when running two)")
     parser.add_argument("--out", help="append the JSON lines to this file")
+    parser.add_argument("--summarise", nargs="+", metavar="JSONL",
+                        help="only print the table of these JSON-lines files (e.g. from "
+                             "several processes, one per split and seed)")
     args = parser.parse_args(argv)
+    if args.summarise:
+        lines = []
+        for path in args.summarise:
+            with open(path) as f:
+                lines += [json.loads(line) for line in f if line.strip()]
+        print(summarise(lines))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     # Small logistic regressions: multi-threaded BLAS only fights torch for the cores.
@@ -237,7 +256,8 @@ def main(argv=None):
                         lambda line, name=name: emit({**line, "model": f"CIM -> LR, {name}"}),
                         **tags)
             else:
-                group_params = dict(max_epochs=args.group_epochs or args.epochs)
+                group_params = dict(max_epochs=args.group_epochs or args.epochs,
+                                    **args.group_cim)
                 run(data, cim_params, vib_params, args.models, emit,
                     group_params=group_params, **tags)
     print(summarise(lines))

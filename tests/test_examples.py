@@ -175,6 +175,7 @@ def test_grid_search_routes_groups_to_the_scorer(tmp_path, capsys):
     assert np.isfinite(worst).all()
     assert (worst <= np.asarray(search.cv_results_["mean_test_accuracy"]) + 1e-12).all()
     assert search.best_params_["cim__triplet_weight"] in (0.0, 1.0)
+    assert search.best_estimator_.named_steps["cim"].group_aware_
     assert "best by worst-group accuracy" in printed
     # The example enables metadata routing only inside a config_context.
     assert sklearn.get_config()["enable_metadata_routing"] is False

@@ -165,8 +165,8 @@ def test_pipeline_routes_groups_to_the_cim_only(nuisance_images, tiny, routing):
 
 def test_grid_search_routes_groups_to_cv_and_cim(nuisance_images, tiny, routing):
     X, y, groups = nuisance_images
-    pipe = Pipeline([("cim", CIMTransformer(**tiny).set_fit_request(groups=True)),
-                     ("clf", LogisticRegression(max_iter=200))])
+    cim = CIMTransformer(**tiny, image_shape=(3, 8, 8)).set_fit_request(groups=True)
+    pipe = Pipeline([("cim", cim), ("clf", LogisticRegression(max_iter=200))])
     search = GridSearchCV(pipe, {"cim__mask_weight": [0.0, 1.0]}, cv=GroupKFold(2))
     # nuisance x two sites: each training fold keeps two groups
     site_groups = 2 * groups + np.arange(len(y)) % 2
@@ -177,7 +177,8 @@ def test_grid_search_routes_groups_to_cv_and_cim(nuisance_images, tiny, routing)
 
 def test_pipeline_without_routing_takes_step_parameters(nuisance_images, tiny):
     X, y, groups = nuisance_images
-    pipe = Pipeline([("cim", CIMTransformer(**tiny)), ("clf", LogisticRegression())])
+    pipe = Pipeline([("cim", CIMTransformer(**tiny, image_shape=(3, 8, 8))),
+                     ("clf", LogisticRegression())])
     pipe.fit(X.reshape(len(X), -1), y, cim__groups=groups)
     assert pipe.named_steps["cim"].group_aware_
 
@@ -217,7 +218,8 @@ def test_infer_groups_needs_two_images_per_class(tiny):
 
 def test_groups_without_routing_request_raise_clearly(nuisance_images, tiny, routing):
     X, y, groups = nuisance_images
-    pipe = Pipeline([("cim", CIMTransformer(**tiny)), ("clf", LogisticRegression())])
+    pipe = Pipeline([("cim", CIMTransformer(**tiny, image_shape=(3, 8, 8))),
+                     ("clf", LogisticRegression())])
     with pytest.raises(Exception, match="set_fit_request"):
         pipe.fit(X.reshape(len(X), -1), y, groups=groups)
 
