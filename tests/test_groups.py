@@ -42,6 +42,8 @@ def test_groups_change_the_training_and_none_trains_the_paper_objective(nuisance
     paper = CIMTransformer(**tiny).fit(X, y)
     assert not paper.group_aware_ and paper.groups_ is None
     assert paper.net_.objective.mask_weight == 0.0
+    assert paper._mask_threshold() is None
+    assert (paper.masks(X) > 0).all()  # no cut without groups
     # without groups, the group-aware parameters change nothing
     same = CIMTransformer(**tiny, group_weighting="none", group_triplets=False,
                           mask_weight=0.0).fit(X, y)
@@ -119,8 +121,10 @@ def test_group_triplets_contrast_across_groups(nuisance_images, tiny, monkeypatc
 
 def test_mask_threshold_zeroes_dimmed_pixels(nuisance_images, tiny):
     X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
+    cim = CIMTransformer(**tiny, mask_threshold=None).fit(X, y, groups=groups)
     soft = cim.masks(X)
+    cim.set_params(mask_threshold="auto")  # with groups: 0.2
+    np.testing.assert_array_equal(cim.masks(X), np.where(soft >= 0.2, soft, 0))
     threshold = float(np.median(soft))
     cim.set_params(mask_threshold=threshold)
     hard = cim.masks(X)
