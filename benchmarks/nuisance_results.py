@@ -256,8 +256,9 @@ def main(argv=None):
                         lambda line, name=name: emit({**line, "model": f"CIM -> LR, {name}"}),
                         **tags)
             else:
-                group_params = dict(max_epochs=args.group_epochs or args.epochs,
-                                    **args.group_cim)
+                # --group-cim may set max_epochs too: it wins
+                group_params = {"max_epochs": args.group_epochs or args.epochs,
+                                **args.group_cim}
                 run(data, cim_params, vib_params, args.models, emit,
                     group_params=group_params, **tags)
     print(summarise(lines))

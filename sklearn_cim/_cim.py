@@ -3,12 +3,12 @@
 from dataclasses import dataclass
 from typing import Any
 
+import json
 import warnings
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -128,8 +128,7 @@ class CIMNet(TorchNet):
         (class, group, row index); then each sample's balancing weight and a
         :class:`PairTable` for bias-contrastive triplets are built here.
         """
-        self.train_X = X
-        self.pair_table = self.sample_weights = None
+        self.release_training_data()
         self.group_aware = y.ndim == 2
         if y.ndim == 2:
             classes, groups = y[:, 0], y[:, 1]
@@ -138,6 +137,10 @@ class CIMNet(TorchNet):
                 self.sample_weights = balanced_weights(cells)
             if self.objective.group_triplets and self.objective.triplet_weight > 0:
                 self.pair_table = PairTable(classes, groups)
+                self.train_X = X  # pairs are drawn from the whole training set
+
+    def release_training_data(self):
+        self.train_X = self.pair_table = self.sample_weights = None
 
     def prepare_training(self):
         # the metric (a random trunk with pretrained=False) is drawn from the
@@ -341,11 +344,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     group_triplets : bool, default=True
         With groups: draw each anchor's positive among the same-class images of
         other groups and its negative among the other-class images of its group,
-        from the whole training set (anchors with none are left out). False
+        from the whole training set (anchors with none are left out); these
+        pairs are drawn at random, ``mining`` does not apply to them. False
         mines inside the batch as without groups.
     adversary_weight : float, default=0.0
         With groups and > 0: a linear model on psi(x) is trained to predict the
-        group (balanced over the cells) while the mask net, through a reversed
+        group (its cross-entropy weighted like the head's, so balanced over the
+        cells with ``group_weighting="balanced"``) while the mask net, through a reversed
         gradient, is trained to defeat it. Off by default: it lowered OOD
         accuracy in our tuning runs (see the README).
     infer_groups : bool or {"linear", "errors"}, default=False
@@ -355,6 +360,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         prediction was right, as in JTT), kept in ``groups_``. It finds a
         nuisance that is the simplest feature predicting the label (a
         background colour) and fails for one that is not (a small patch).
+        The proxy reads a float32 copy of the training pixels (one more copy
+        of X in memory while it fits).
     per_channel_mask : bool, default=False
         One mask per colour channel instead of one broadcast over channels.
     tn_width, tn_depth : int, default=16, 2
@@ -444,11 +451,16 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     groups_ : ndarray of shape (n_samples,) or None
         The inferred groups of the last fit's training images
         (``infer_groups``); None when groups were given or not used.
+    group_labels_ : ndarray of object or None
+        The group labels given to the first fit, in the order of their codes;
+        later warm fits and ``partial_fit`` calls code their groups the same
+        way (new labels are appended). None when no groups were given.
     n_groups_ : int
         Groups the adversary predicts (0 without one).
     history_ : skorch History
         Per-epoch ``train_loss``, ``train_ce``, ``train_triplet`` (and
-        ``train_mask``, and ``train_kl`` for the ``"vib"`` head), all
+        ``train_mask``, ``train_adversary`` with an adversary, and ``train_kl``
+        for the ``"vib"`` head), all
         unweighted except ``train_loss``.
 
     Examples
@@ -575,7 +587,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         classes : array-like or None
             All labels, needed on the first call when y does not hold them all.
         groups : array-like of shape (n_samples,) or None
-            As in :meth:`fit`, for this call's images.
+            As in :meth:`fit`, for this call's images. Labels keep the codes
+            of the first call (``group_labels_``), so a later call may hold a
+            single group.
 
         Returns
         -------
@@ -627,11 +641,26 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     _saved_shapes = ("image_shape_", "input_range_")
 
     def _fitted_metadata(self):
-        return dict(super()._fitted_metadata(), n_groups_=int(getattr(self, "n_groups_", 0)))
+        labels = getattr(self, "group_labels_", None)
+        if labels is not None:
+            labels = labels.tolist()
+            try:  # labels of types JSON cannot hold are not saved
+                json.dumps(labels)
+            except TypeError:
+                labels = None
+        return dict(super()._fitted_metadata(),
+                    n_groups_=int(getattr(self, "n_groups_", 0)),
+                    group_aware_=bool(getattr(self, "group_aware_", False)),
+                    group_labels_=labels)
 
     def _restore_metadata(self, meta):
         super()._restore_metadata(meta)
         self.n_groups_ = int(meta.get("n_groups_", 0))
+        # group_aware_ decides the "auto" mask threshold of transform
+        self.group_aware_ = bool(meta.get("group_aware_", False))
+        labels = meta.get("group_labels_")
+        self.group_labels_ = None if labels is None else np.asarray(labels, dtype=object)
+        self.groups_ = None  # the training images' inferred groups are not saved
 
     def _needs_unit_range(self):
         return not (callable(self.distance) or self.distance == "l2")
@@ -703,7 +732,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
         self.input_range_ = units
-        group_codes = self._training_groups(X, y_enc, groups, units)
+        group_codes = self._training_groups(X, y_enc, groups, units, warm)
         self.group_aware_ = group_codes is not None
         n_groups = 0 if group_codes is None else int(group_codes.max()) + 1
         if not warm:
@@ -720,25 +749,36 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self._train(X, y_enc, warm=warm, epochs=epochs)
         return self
 
-    def _training_groups(self, X, y_enc, groups, units):
+    def _training_groups(self, X, y_enc, groups, units, warm):
         """Integer group codes for the objective: the given groups, inferred
-        ones (kept in ``groups_``), or None for the paper's objective."""
+        ones (kept in ``groups_``), or None for the paper's objective.
+
+        Given labels are coded as in the first fit (``group_labels_``), so a
+        warm fit or a ``partial_fit`` batch may hold a single group and the
+        adversary's outputs keep their meaning."""
         self.groups_ = None
+        known = getattr(self, "group_labels_", None) if warm else None
         if groups is not None:
-            return check_groups(groups, len(X))
+            labels, codes = check_groups(
+                groups, len(X), labels=None if known is None else known.tolist(),
+                allow_single=warm)
+            self.group_labels_ = np.asarray(labels, dtype=object)
+            return codes
+        if not warm:
+            self.group_labels_ = None
         if not self.infer_groups:
             return None
         strategy = "linear" if self.infer_groups is True else self.infer_groups
         low, high = units
         flat = (np.asarray(X, dtype=np.float32) - low) / (high - low)
-        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        seed = self._shared_seed()  # in a data-parallel fit, the same groups everywhere
         self.groups_ = infer_groups(flat.reshape(len(flat), -1), y_enc, strategy, seed)
         if np.unique(self.groups_).size < 2:
             warnings.warn(
                 "infer_groups found a single group (the bias proxy is right on every "
                 "training image), so the group-aware objective has nothing to balance. "
                 "Pass the true groups to fit if you know them.", RuntimeWarning,
-                stacklevel=4)
+                stacklevel=5)
         return self.groups_
 
     def _objective(self):

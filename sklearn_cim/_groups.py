@@ -25,12 +25,15 @@ PROXY_C = 1e-3
 PROXY_FOLDS = 3
 
 
-def check_groups(groups, n_samples):
-    """Integer codes (0..n_groups-1) of one group label per training image.
+def check_groups(groups, n_samples, labels=None, allow_single=False):
+    """The group labels and the integer code of each training image's group.
 
-    Any hashable labels are accepted (ints, strings, tuples of a site and a
-    scanner are not: encode those as one string). Raises a ``ValueError`` that
-    names the fix for a wrong length, missing values or a single group.
+    Any hashable labels are accepted (ints, strings; tuples of a site and a
+    scanner are not: encode those as one string). ``labels`` are the labels
+    known from an earlier fit: they keep their codes, and labels not seen
+    before are appended. Returns ``(labels, codes)`` with ``labels[code]``
+    the label of a code. Raises a ``ValueError`` that names the fix for a
+    wrong length, missing values or (unless ``allow_single``) a single group.
     """
     arr = np.asarray(groups, dtype=object) if not isinstance(groups, np.ndarray) else groups
     if arr.ndim != 1:
@@ -49,20 +52,25 @@ def check_groups(groups, n_samples):
             f"groups holds missing values (None or NaN) at {len(missing)} images, e.g. index "
             f"{missing[0]}. Give every image a group, drop those images, or leave groups "
             "out and set infer_groups=True to have them inferred.")
-    try:
-        _, codes = np.unique(np.asarray(flat, dtype=object if arr.dtype == object else None),
-                             return_inverse=True)
-    except TypeError:
-        # mixed types (e.g. ints and strings): encode by first appearance
-        lookup = {}
-        codes = np.array([lookup.setdefault(g, len(lookup)) for g in flat])
-    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
-    if codes.size and codes.max() == 0:
+    seen = list(dict.fromkeys(flat))
+    if labels is None:
+        try:
+            labels = sorted(seen)
+        except TypeError:  # mixed types (e.g. ints and strings): by first appearance
+            labels = seen
+    labels = list(labels)  # a copy: the caller's list is not changed
+    lookup = {g: i for i, g in enumerate(labels)}
+    for g in seen:
+        if g not in lookup:
+            lookup[g] = len(labels)
+            labels.append(g)
+    codes = np.fromiter((lookup[g] for g in flat), dtype=np.int64, count=len(flat))
+    if not allow_single and len(seen) < 2:
         raise ValueError(
             "groups holds a single group: there is no nuisance to balance or contrast. "
             "Pass the nuisance attribute of each image (at least two values), or leave "
             "groups out for the paper's objective.")
-    return codes
+    return labels, codes
 
 
 def cell_codes(y, groups):

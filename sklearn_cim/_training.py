@@ -365,6 +365,10 @@ class TorchNet(NeuralNet):
         """Called with the placed training set before each fit; a subclass
         keeps what its loss reads beyond the batch."""
 
+    def release_training_data(self):
+        """Drop what :meth:`set_training_data` kept (called when a fit ends,
+        so that the fitted net does not hold the training set)."""
+
     def train_step_single(self, batch, **fit_params):
         # skorch's step, with forward and loss under autocast (backward outside).
         self._set_training(True)
@@ -739,6 +743,15 @@ class TorchEstimatorMixin:
             net.callbacks = callbacks
             net.initialize_callbacks()
 
+    def _shared_seed(self):
+        """A seed drawn from ``random_state``; in a data-parallel fit, rank 0's
+        for every process (one batch order, one set of initial weights)."""
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        group = world(self.distributed)
+        if group is not None:
+            seed = broadcast_int(seed, resolve_device(local_device(self.device)))
+        return seed
+
     def _train(self, X, y, *, warm=False, epochs=None):
         """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
         data-parallel fit, with the other processes of the group."""
@@ -755,14 +768,15 @@ class TorchEstimatorMixin:
                 net.world = group
                 seed = net.seed + len(net.history)
             else:
-                seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-                if group is not None:  # one seed (batch order, initial weights) for all
-                    seed = broadcast_int(seed, device)
+                seed = self._shared_seed()  # batch order, initial weights
                 net = self._new_net(seed, device, group)
             X_t = place_training_data(X, net.device, pixels=self._pixels)
             y_t = torch.as_tensor(y, device=net.device)
             net.set_training_data(X_t, y_t)
-            self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
+            try:
+                self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
+            finally:
+                net.release_training_data()
         return self.net_
 
     # -- weights-only persistence ----------------------------------------------

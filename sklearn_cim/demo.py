@@ -37,8 +37,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-DESCRIPTION = ("CIM against a colour nuisance on coloured digits: ERM, CIM -> LR, VIB, "
-               "CIM -> VIB and an oracle, in one table, and a figure of the CIM's masks.")
+DESCRIPTION = ("CIM against a colour nuisance on coloured digits: ERM, group-aware CIM "
+               "(true and inferred groups), the paper's CIM, VIB, CIM -> VIB and an oracle, "
+               "in one table, and a figure of the group-aware CIM's masks.")
 
 #: Settings of the demo's ``CIMTransformer`` (``image_shape``, ``device`` and
 #: ``random_state`` are added from the command line): the estimator's defaults
@@ -86,9 +87,10 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the data and of every model (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="max_epochs of the CIM and the VIBs (default: "
-                             f"{DEMO_CIM_PARAMS['max_epochs']} for CIM, "
-                             f"{DEMO_VIB_PARAMS['max_epochs']} for VIB)")
+                        help="max_epochs of every CIM and VIB (default: "
+                             f"{DEMO_CIM_PARAMS['max_epochs']} for the paper's CIM, "
+                             f"{DEMO_GROUP_CIM_PARAMS['max_epochs']} for the group-aware "
+                             f"CIMs, {DEMO_VIB_PARAMS['max_epochs']} for VIB)")
     parser.add_argument("--out", default="cim_masks.png",
                         help="where to save the mask figure (default: %(default)s)")
     parser.add_argument("--device", default="auto",

@@ -14,6 +14,11 @@ from sklearn_cim import CIMTransformer
 from sklearn_cim._groups import PairTable, balanced_weights, cell_codes, check_groups
 
 
+def training_rows(y, groups):
+    """The (class, group, row index) rows the group-aware objective trains on."""
+    return np.stack([y, groups, np.arange(len(y))], axis=1)
+
+
 @pytest.fixture
 def nuisance_images():
     """48 RGB 8x8 images: the class is a bright square top or bottom; the nuisance
@@ -67,6 +72,7 @@ def test_balanced_cross_entropy_uses_the_weights(nuisance_images, tiny):
     X, y, groups = nuisance_images
     cim = CIMTransformer(**tiny, triplet_weight=0.0).fit(X, y, groups=groups)
     net = cim.net_
+    net.set_training_data(torch.as_tensor(X), torch.as_tensor(training_rows(y, groups)))
     logits = torch.randn(6, 2)
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
     rows = torch.tensor([0, 6, 1, 2, 3, 4])  # row 0 and 6: disagreeing (upweighted)
@@ -194,9 +200,9 @@ def test_partial_fit_takes_groups(nuisance_images, tiny):
 
 
 def test_string_groups_and_codes():
-    codes = check_groups(np.array(["red", "blue", "red", "green"]), 4)
-    assert codes.tolist() == [2, 0, 2, 1]
-    assert check_groups(["a", 1, "a", 1], 4).tolist() in ([0, 1, 0, 1], [1, 0, 1, 0])
+    labels, codes = check_groups(np.array(["red", "blue", "red", "green"]), 4)
+    assert codes.tolist() == [2, 0, 2, 1] and labels == ["blue", "green", "red"]
+    assert check_groups(["a", 1, "a", 1], 4)[1].tolist() in ([0, 1, 0, 1], [1, 0, 1, 0])
     assert cell_codes([0, 0, 1, 1], [0, 1, 0, 0]).tolist() == [0, 1, 2, 2]
 
 
@@ -249,6 +255,7 @@ def test_adversary_is_trained_against_by_the_mask(nuisance_images, tiny):
     assert "train_adversary" in cim.history_[-1]
     # the reversed gradient: the mask net ascends what the adversary descends
     net = cim.net_
+    net.set_training_data(torch.as_tensor(X), torch.as_tensor(training_rows(y, groups)))
     psi = torch.as_tensor(X[:8]).requires_grad_(True)
     rows = torch.arange(8)
     loss = net.adversary_term(psi, torch.as_tensor(groups[:8]), rows)
@@ -271,3 +278,53 @@ def test_adversary_survives_save_and_load(nuisance_images, tiny, tmp_path):
     loaded = CIMTransformer(**tiny, adversary_weight=1.0).load_params(path)
     np.testing.assert_array_equal(loaded.transform(X), cim.transform(X))
     assert loaded.n_groups_ == 2
+
+
+def test_without_routing_groups_reach_the_cim_as_a_step_parameter(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    flat = X.reshape(len(X), -1)
+    pipe = Pipeline([("cim", CIMTransformer(**tiny, image_shape=(3, 8, 8))),
+                     ("clf", LogisticRegression())])
+    # scikit-learn's own error names the fix (stepname__parameter)
+    with pytest.raises(ValueError, match="stepname__parameter"):
+        pipe.fit(flat, y, groups=groups)
+    # a search slices step parameters per fold
+    search = GridSearchCV(pipe, {"cim__margin": [0.1]}, cv=2).fit(flat, y, cim__groups=groups)
+    assert search.best_estimator_.named_steps["cim"].group_aware_
+
+
+def test_auto_threshold_survives_save_and_load(nuisance_images, tiny, tmp_path):
+    # a strong sparsity pressure pushes masks under the auto threshold (0.2)
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny, mask_weight=5.0, lr=0.1).fit(X, y, groups=groups)
+    assert (cim.masks(X) == 0).any()  # the cut applies
+    path = tmp_path / "cim.pt"
+    cim.save_params(path)
+    loaded = CIMTransformer(**tiny, mask_weight=5.0, lr=0.1).load_params(path)
+    assert loaded.group_aware_
+    np.testing.assert_array_equal(loaded.transform(X), cim.transform(X))
+
+
+def test_training_set_is_not_kept_after_fit(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
+    net = cim.net_
+    assert getattr(net, "train_X", None) is None
+    assert getattr(net, "pair_table", None) is None
+    assert getattr(net, "sample_weights", None) is None
+
+
+def test_warm_calls_encode_groups_as_the_first_fit(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    names = np.where(groups == groups.max(), "red", "blue")
+    cim = CIMTransformer(**tiny, adversary_weight=1.0)
+    cim.partial_fit(X, y, groups=names)
+    assert cim.group_labels_.tolist() == ["blue", "red"]
+    # a later batch may hold one group; it keeps its first code
+    red = names == "red"
+    cim.partial_fit(X[red], y[red], groups=names[red])
+    assert cim.group_labels_.tolist() == ["blue", "red"] and len(cim.history_) == 2
+    labels, codes = check_groups(["red", "red"], 2, labels=["blue", "red"], allow_single=True)
+    assert codes.tolist() == [1, 1] and labels == ["blue", "red"]
+    with pytest.raises(ValueError, match="adversary was built for 2"):
+        cim.partial_fit(X[:4], y[:4], groups=["green", "blue", "green", "blue"])
