@@ -181,6 +181,32 @@ def summarise(lines):
     return "\n".join(out)
 
 
+def summarise_wide(lines, key="ood"):
+    """One Markdown table, a row per model and a column per split: mean +- std
+    of ``key`` over the seeds and, for OOD, the share of the ERM -> oracle gap."""
+    splits = list(dict.fromkeys((r.get("dataset"), r["nuisance"]) for r in lines if key in r))
+    models = list(dict.fromkeys(r["model"] for r in lines if key in r))
+    out = ["| model | " + " | ".join(f"{d} {n}" for d, n in splits) + " |",
+           "|---|" + "---|" * len(splits)]
+    for model in models:
+        cells = []
+        for dataset, nuisance in splits:
+            def values(name):
+                return np.array([r[key] for r in lines if key in r and r["model"] == name
+                                 and r.get("dataset") == dataset and r["nuisance"] == nuisance])
+            v = values(model)
+            if not len(v):
+                cells.append("–")
+                continue
+            cell = f"{v.mean():.3f} ± {v.std():.3f}"
+            if key == "ood":
+                erm, oracle = values("ERM").mean(), values("oracle").mean()
+                cell += f" ({(v.mean() - erm) / (oracle - erm):.0%})"
+            cells.append(cell)
+        out.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", help="directory with MNIST idx files (default: load_digits)")
@@ -205,13 +231,15 @@ def main(argv=None):
     parser.add_argument("--summarise", nargs="+", metavar="JSONL",
                         help="only print the table of these JSON-lines files (e.g. from "
                              "several processes, one per split and seed)")
+    parser.add_argument("--wide", choices=["ood", "worst_group", "id"],
+                        help="with --summarise: one table of this metric, a column per split")
     args = parser.parse_args(argv)
     if args.summarise:
         lines = []
         for path in args.summarise:
             with open(path) as f:
                 lines += [json.loads(line) for line in f if line.strip()]
-        print(summarise(lines))
+        print(summarise_wide(lines, args.wide) if args.wide else summarise(lines))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
