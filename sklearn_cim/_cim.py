@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -44,6 +45,11 @@ from ._validation import (
     value_scale,
 )
 from ._vib import VIBModule, gaussian_kl
+
+# Training masks checked for a collapse after fit, and the share of pixels
+# under which the mask counts as cutting everything.
+_COLLAPSE_CHECK_ROWS = 256
+_COLLAPSE_KEPT = 0.005
 
 # Activation budget (elements) of one transform chunk: chunk * H * W * tn_width,
 # on CPU and on CUDA (where large chunks keep the GPU busy; an out-of-memory
@@ -337,6 +343,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         At ``transform`` (and in :meth:`masks`), mask values below it become
         exactly 0, so dimmed pixels carry nothing; training uses the soft mask.
         ``"auto"``: None (no cut) for the paper's objective, 0.2 with groups.
+        When the cut leaves under 0.5 % of the pixels of the training images
+        (the first 256 are checked after each fit), ``fit`` warns
+        (``ConvergenceWarning``): the mask collapsed and psi(x) is all but zero.
     group_weighting : {"balanced", "none"}, default="balanced"
         With groups: weight the head's cross-entropy so that every (class,
         group) cell of the training set carries the same total weight
@@ -747,7 +756,25 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             # and draws bias-contrastive pairs across the training set
             y_enc = np.stack([y_enc, group_codes, np.arange(len(y_enc))], axis=1)
         self._train(X, y_enc, warm=warm, epochs=epochs)
+        self._warn_if_the_mask_cuts_everything(X)
         return self
+
+    def _warn_if_the_mask_cuts_everything(self, X):
+        """ConvergenceWarning when, after ``mask_threshold``, the masks of the
+        training images (up to the first ``_COLLAPSE_CHECK_ROWS``) keep under
+        ``_COLLAPSE_KEPT`` of the pixels: psi(x) is (nearly) all zero, so a
+        downstream model can only predict one class. It happens when the mask
+        penalty wins before the head has learned the classes."""
+        if self._mask_threshold() is None:
+            return  # a soft mask still carries the image, however dim
+        kept = float(np.mean(self.masks(X[:_COLLAPSE_CHECK_ROWS]) > 0))
+        if kept < _COLLAPSE_KEPT:
+            warnings.warn(
+                f"After mask_threshold={self._mask_threshold()}, the mask keeps {kept:.1%} of "
+                "the pixels of the training images: psi(x) is (nearly) all zero and a "
+                "downstream model will predict one class. The mask penalty won before the "
+                "classifier head learned the classes; try a lower mask_weight or lr, a larger "
+                "batch_size, or mask_threshold=0.", ConvergenceWarning, stacklevel=5)
 
     def _training_groups(self, X, y_enc, groups, units, warm):
         """Integer group codes for the objective: the given groups, inferred

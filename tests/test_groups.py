@@ -1,11 +1,14 @@
 """Group-aware CIM: groups in fit, metadata routing, the objective's parts,
 inferred groups and bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import sklearn
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
@@ -328,3 +331,16 @@ def test_warm_calls_encode_groups_as_the_first_fit(nuisance_images, tiny):
     assert codes.tolist() == [1, 1] and labels == ["blue", "red"]
     with pytest.raises(ValueError, match="adversary was built for 2"):
         cim.partial_fit(X[:4], y[:4], groups=["green", "blue", "green", "blue"])
+
+
+def test_a_mask_that_cuts_every_pixel_warns(nuisance_images, tiny):
+    # a sparsity pressure that wins outright: after the 0.2 cut, psi(x) is all zero
+    X, y, groups = nuisance_images
+    params = dict(tiny, max_epochs=5, mask_weight=20.0, lr=0.1)
+    with pytest.warns(ConvergenceWarning, match="mask keeps 0.0% of the pixels"):
+        cim = CIMTransformer(**params).fit(X, y, groups=groups)
+    assert not cim.transform(X).any()  # the warning tells the truth
+    # a working fit stays quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        CIMTransformer(**tiny).fit(X, y, groups=groups)
