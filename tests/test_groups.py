@@ -23,22 +23,6 @@ def training_rows(y, groups):
 
 
 @pytest.fixture
-def nuisance_images():
-    """48 RGB 8x8 images: the class is a bright square top or bottom; the nuisance
-    is the red channel of the background, agreeing with the class for 40 of them."""
-    rng = np.random.RandomState(0)
-    n = 48
-    y = np.repeat([0, 1], n // 2)
-    groups = y.copy()
-    groups[::6] = 1 - groups[::6]  # 8 images whose nuisance disagrees
-    X = rng.rand(n, 3, 8, 8).astype(np.float32) * 0.1
-    X[:, 0] += 0.5 * groups[:, None, None]
-    X[y == 0, :, 1:3, 2:6] = 1.0
-    X[y == 1, :, 5:7, 2:6] = 1.0
-    return np.clip(X, 0, 1), y, groups
-
-
-@pytest.fixture
 def routing():
     with sklearn.config_context(enable_metadata_routing=True):
         yield
