@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from sklearn_cim import CIMTransformer, VIBClassifier
-from sklearn_cim._training import IndexBatches
+from sklearn_cim._batching import IndexBatches
 from sklearn_cim.distributed import _shareable, _unshare, fit_distributed, world
 
 # LPIPS with a random trunk: the trunk must be the same in every process.
@@ -297,7 +297,7 @@ def test_processes_with_different_data_all_raise(tmp_path):
 def test_device_copy_in_chunks_equals_the_whole_conversion(dtype):
     """On CUDA a training set that fits is uploaded chunk by chunk (no whole
     converted copy on the host); the result is the whole conversion's."""
-    from sklearn_cim._training import as_device_tensor, to_device_in_chunks
+    from sklearn_cim._devices import as_device_tensor, to_device_in_chunks
 
     rng = np.random.RandomState(0)
     X = rng.randint(0, 256, size=(23, 5)).astype(dtype)
