@@ -57,8 +57,6 @@ class Distance:
     every sample with every other one in chunks.
     """
 
-    requires_unit_range = True
-
     def to(self, device):
         return self
 
@@ -97,8 +95,6 @@ class Distance:
 
 class L2Distance(Distance):
     """Root-mean-square pixel difference."""
-
-    requires_unit_range = False
 
     def embed(self, x):
         return [x.reshape(x.shape[0], -1)]
@@ -160,8 +156,6 @@ class SSIMDistance(Distance):
 
 class CallableDistance(Distance):
     """Wraps a user function ``(a, b) -> per-sample distances``."""
-
-    requires_unit_range = False
 
     def __init__(self, fn):
         self.fn = fn
