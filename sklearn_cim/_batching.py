@@ -20,9 +20,9 @@ import torch
 from ._devices import as_device_tensor, autocast, native_rows
 
 
-def to_unit(xb, units):
-    """Convert a raw batch (uint8 or float) to float32 in [0, 1]."""
-    low, high = units
+def to_unit(xb, input_range):
+    """Convert a raw batch (uint8 or float) in ``input_range`` to float32 in [0, 1]."""
+    low, high = input_range
     xb = xb.float()
     if low != 0.0 or high != 1.0:
         xb = (xb - low) * (1.0 / (high - low))
@@ -43,8 +43,8 @@ class IndexBatches:
     ``X`` is 2-D: a tensor on the device, or a host array (any numeric dtype,
     e.g. a ``np.memmap``) whose batches are gathered, copied to ``device``
     (through pinned memory, the next batch gathered in a background thread,
-    when ``prefetch``) and only then converted. Batches are viewed as
-    ``(B, C, H, W)`` float in [0, 1]. With ``shuffle``, each pass draws one
+    when ``prefetch``) and only then converted from ``input_range`` to [0, 1].
+    Batches are viewed as ``(B, C, H, W)`` float images. Each pass draws one
     permutation from ``generator``. With ``world_size > 1`` the pass is split
     as torch's ``DistributedSampler`` splits it: the permutation is padded to a
     multiple of ``world_size`` by wrapping around and process ``rank`` takes
@@ -52,13 +52,12 @@ class IndexBatches:
     number of steps.
     """
 
-    def __init__(self, X, y, *, batch_size, image_shape, units, shuffle, generator,
+    def __init__(self, X, y, *, batch_size, image_shape, input_range, generator,
                  channels_last=False, rank=0, world_size=1, device=None, prefetch=None):
         self.X, self.y = X, y
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
-        self.units = units
-        self.shuffle = shuffle
+        self.input_range = input_range
         self.generator = generator
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
@@ -76,11 +75,7 @@ class IndexBatches:
 
     def _order(self):
         n = len(self.X)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator,
-                                   device=self.generator.device)
-        else:
-            order = torch.arange(n, device=self.device)
+        order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         if self.world_size > 1 and n:
             total = self._shard_size() * self.world_size
             order = order.repeat(-(-total // n))[:total][self.rank::self.world_size]
@@ -118,12 +113,12 @@ class IndexBatches:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _batch(self, xb, idx):
-        xb = as_images(to_unit(xb, self.units), self.image_shape, self.channels_last)
+        xb = as_images(to_unit(xb, self.input_range), self.image_shape, self.channels_last)
         return xb, (None if self.y is None else self.y[idx])
 
 
 @torch.no_grad()
-def batched_apply(fn, X, *, units, image_shape, device, chunk, pixels=True,
+def batched_apply(fn, X, *, input_range, image_shape, device, chunk, pixels=True,
                   channels_last=False, precision="float32"):
     """Apply ``fn`` (unit-range images -> tensor) to a 2-D array in chunks.
 
@@ -138,7 +133,7 @@ def batched_apply(fn, X, *, units, image_shape, device, chunk, pixels=True,
     while start < len(X):
         try:
             xb = as_device_tensor(X[start:start + chunk], device, pixels=pixels)
-            xb = as_images(to_unit(xb, units), image_shape, channels_last)
+            xb = as_images(to_unit(xb, input_range), image_shape, channels_last)
             with autocast(device, precision):
                 res = fn(xb)
             res = res.float().cpu().numpy()

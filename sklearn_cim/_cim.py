@@ -22,10 +22,14 @@ from ._validation import (
     check_data_range,
     check_number,
     encode_labels,
+    input_range_of,
     require_y,
     validate_images,
-    value_scale,
 )
+
+# CIMModule, CIMNet and CIMObjective were defined in this module until the
+# split by concept; pickles written then name them ``sklearn_cim._cim.<name>``,
+# and the imports above keep those names resolving (tests/test_old_pickles.py).
 
 # Training masks checked for a collapse after fit, and the share of pixels
 # under which the mask counts as cutting everything.
@@ -423,7 +427,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         return tags
 
     # -- internals ------------------------------------------------------------
-    _saved_shapes = ("image_shape_", "input_range_")
+    _saved_tuple_attributes = ("image_shape_", "input_range_")
 
     def _fitted_metadata(self):
         labels = getattr(self, "group_labels_", None)
@@ -503,7 +507,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape,
                                          reset=not warm)
         data_range = check_data_range(self.data_range)
-        units = value_scale(X, data_range)
+        input_range = input_range_of(X, data_range)
         if data_range is None and X.dtype.kind == "f" and self._needs_unit_range():
             raise ValueError(
                 f"distance={self.distance!r} needs images in a known range; set "
@@ -516,8 +520,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             y, classes=self._known_classes(warm, classes), min_per_class=min_per_class)
         if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
-        self.input_range_ = units
-        group_codes = self._training_groups(X, y_enc, groups, units, warm)
+        self.input_range_ = input_range
+        group_codes = self._training_groups(X, y_enc, groups, input_range, warm)
         self.group_aware_ = group_codes is not None
         n_groups = 0 if group_codes is None else int(group_codes.max()) + 1
         if not warm:
@@ -552,7 +556,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "classifier head learned the classes; try a lower mask_weight or lr, a larger "
                 "batch_size, or mask_threshold=0.", ConvergenceWarning, stacklevel=5)
 
-    def _training_groups(self, X, y_enc, groups, units, warm):
+    def _training_groups(self, X, y_enc, groups, input_range, warm):
         """Integer group codes for the objective: the given groups, inferred
         ones (kept in ``groups_``), or None for the paper's objective.
 
@@ -572,7 +576,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if not self.infer_groups:
             return None
         strategy = "linear" if self.infer_groups is True else self.infer_groups
-        low, high = units
+        low, high = input_range
         flat = (np.asarray(X, dtype=np.float32) - low) / (high - low)
         seed = self._shared_seed()  # in a data-parallel fit, the same groups everywhere
         self.groups_ = infer_groups(flat.reshape(len(flat), -1), y_enc, strategy, seed)
@@ -624,7 +628,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             module__n_groups=getattr(self, "n_groups_", 0),
             objective=self._objective(),
             image_shape=self.image_shape_,
-            units=self.input_range_,
+            input_range=self.input_range_,
         )
 
     def _fast_path(self, device):
@@ -639,7 +643,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     def _apply(self, X, what):
         check_is_fitted(self)
         X, _, shape, was_4d = validate_images(self, X, reset=False)
-        units = value_scale(X, check_data_range(self.data_range))
+        input_range = input_range_of(X, check_data_range(self.data_range))
         net = self.net_
         module = net.module_
         module.eval()
@@ -647,7 +651,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         cuda = torch.device(self.device_).type == "cuda"
         budget = _TRANSFORM_BUDGET_CUDA if cuda else _TRANSFORM_BUDGET
         chunk = max(1, budget // (h * w * self.tn_width))
-        low, high = units
+        low, high = input_range
         precision = resolve_precision(self.precision, self.device_)
 
         threshold = self._mask_threshold()
@@ -663,7 +667,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             return low + (high - low) * (mask(u) * u)
 
         fn = psi if what == "psi" else mask
-        out = batched_apply(fn, X, units=units, image_shape=shape, device=self.device_,
+        out = batched_apply(fn, X, input_range=input_range, image_shape=shape, device=self.device_,
                             chunk=chunk, channels_last=net.channels_last,
                             precision=precision)
         if out is None:  # no rows

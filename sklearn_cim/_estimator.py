@@ -38,11 +38,12 @@ class TorchEstimatorMixin:
     ``random_state``, ``verbose``, ``callbacks``, ``warm_start``,
     ``keep_optimizer_state`` and ``distributed``, and the
     methods ``_net_spec()`` (the net class and its parameters, from fitted
-    attributes) and the class attribute ``_saved_shapes``.
+    attributes) and the class attribute ``_saved_tuple_attributes``.
     """
 
     _pixels = True  # integer X holds 8-bit pixels
-    _saved_shapes = ()  # fitted tuple (or None) attributes saved with the weights
+    # names of the fitted tuple (or None) attributes saved with the weights
+    _saved_tuple_attributes = ()
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "net_")
@@ -193,7 +194,7 @@ class TorchEstimatorMixin:
     # -- weights-only persistence ----------------------------------------------
     def _fitted_metadata(self):
         meta = {"classes_": self.classes_.tolist(), "n_features_in_": int(self.n_features_in_)}
-        for name in self._saved_shapes:
+        for name in self._saved_tuple_attributes:
             value = getattr(self, name)
             meta[name] = None if value is None else list(value)
         if hasattr(self, "feature_names_in_"):
@@ -203,7 +204,7 @@ class TorchEstimatorMixin:
     def _restore_metadata(self, meta):
         self.classes_ = np.asarray(meta["classes_"])
         self.n_features_in_ = meta["n_features_in_"]
-        for name in self._saved_shapes:
+        for name in self._saved_tuple_attributes:
             setattr(self, name, None if meta[name] is None else tuple(meta[name]))
         if "feature_names_in_" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)

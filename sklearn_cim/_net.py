@@ -47,7 +47,7 @@ class TorchNet(NeuralNet):
     Subclasses implement :meth:`loss_terms`, returning ``{name: (weight,
     term)}``; the loss is ``sum(weight * term)``.
 
-    Extra parameters: ``image_shape`` and ``units`` (the raw value range,
+    Extra parameters: ``image_shape`` and ``input_range`` (the raw value range,
     mapped to [0, 1] per batch) describe the stored data, ``seed`` seeds the
     batch order and any draws a subclass makes with :attr:`generator`.
     The fast path: ``precision`` ("float32" or "bfloat16" autocast of forward
@@ -61,14 +61,14 @@ class TorchNet(NeuralNet):
     data-parallel in.
     """
 
-    def __init__(self, *args, image_shape=None, units=(0.0, 1.0), seed=0,
+    def __init__(self, *args, image_shape=None, input_range=(0.0, 1.0), seed=0,
                  precision="float32", channels_last=False, compile_options=None,
                  keep_optimizer_state=False, world=None, **kwargs):
         kwargs.setdefault("train_split", None)
         kwargs.setdefault("predict_nonlinearity", None)
         super().__init__(*args, **kwargs)
         self.image_shape = image_shape
-        self.units = units
+        self.input_range = input_range
         self.seed = seed
         self.precision = precision
         self.channels_last = channels_last
@@ -94,7 +94,7 @@ class TorchNet(NeuralNet):
         rank, size = self.world or (0, 1)
         return IndexBatches(
             dataset.X, dataset.y, batch_size=self.batch_size,
-            image_shape=self.image_shape, units=self.units, shuffle=True,
+            image_shape=self.image_shape, input_range=self.input_range,
             generator=self.batch_generator, channels_last=self.channels_last,
             rank=rank, world_size=size, device=self.device,
         )
@@ -262,6 +262,8 @@ class TorchNet(NeuralNet):
         return state
 
     def __setstate__(self, state):
+        if "units" in state:  # pickled before input_range had its one name
+            state["input_range"] = state.pop("units")
         super().__setstate__(state)
         if getattr(self, "initialized_", False) and "optimizer_" not in self.__dict__:
             self.initialize_optimizer()

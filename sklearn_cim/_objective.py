@@ -109,17 +109,19 @@ class CIMNet(TorchNet):
         return self.metric
 
     def loss_terms(self, y_pred, y_true, X):
-        mask, psi, logits = y_pred
+        mask, psi, head_out = y_pred  # head_out: logits, or (mu, sigma) of the vib head
         obj = self.objective
         terms = {}
         groups = rows = None
         if y_true.ndim == 2:  # (class, group, row index): the group-aware objective
             y_true, groups, rows = y_true.unbind(1)
         if obj.head == "vib":
-            mu, sigma = logits
+            mu, sigma = head_out
             logits = self.module_.head.sample_logits(mu, sigma, self.generator)[0]
             if obj.classifier_weight > 0:
                 terms["kl"] = (obj.classifier_weight * obj.head_beta, gaussian_kl(mu, sigma))
+        else:
+            logits = head_out
         if obj.classifier_weight > 0:
             terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, rows))
         if obj.triplet_weight > 0:
@@ -197,4 +199,4 @@ class CIMNet(TorchNet):
         else:
             xb = torch.from_numpy(native_rows(np.asarray(X[rows.cpu().numpy()])))
         xb = xb.to(self.device)
-        return as_images(to_unit(xb, self.units), self.image_shape, self.channels_last)
+        return as_images(to_unit(xb, self.input_range), self.image_shape, self.channels_last)

@@ -26,6 +26,10 @@ from ._validation import (
     validate_images,
 )
 
+# VIBModule was defined here until it joined the other networks; pickles written
+# then name it ``sklearn_cim._vib.VIBModule``, which the import above keeps
+# resolving (tests/test_old_pickles.py).
+
 # Floor under sigma inside log(sigma) only, so that the KL stays finite (and
 # beta=0 gives no 0 * inf) if sigma underflows to 0 in float32.
 _MIN_SIGMA = 1e-30
@@ -182,7 +186,7 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
     """
 
     _pixels = False  # features, not 8-bit pixels: integers are kept as values
-    _saved_shapes = ("image_shape_",)
+    _saved_tuple_attributes = ("image_shape_",)
 
     def __init__(
         self,
@@ -420,7 +424,7 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
             beta=float(self.beta),
             n_train_samples=self.n_train_samples,
             image_shape=in_shape,
-            units=(0.0, 1.0),
+            input_range=(0.0, 1.0),
         )
 
     def _inference_module(self):
@@ -446,5 +450,5 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
                if len(in_shape) == 3 else [])
         )
         chunk = max(1, _INFER_BUDGET // per_row)
-        return batched_apply(fn, X, units=(0.0, 1.0), image_shape=in_shape,
+        return batched_apply(fn, X, input_range=(0.0, 1.0), image_shape=in_shape,
                              device=self.device_, chunk=chunk, pixels=False)

@@ -43,8 +43,8 @@ def test_shards_cover_the_epoch_with_equal_step_counts(n, size, batch):
     seen, steps = [], []
     for rank in range(size):
         g = torch.Generator().manual_seed(0)  # every rank draws the same permutation
-        it = IndexBatches(X, y, batch_size=batch, image_shape=(1, 1, 1), units=(0.0, 1.0),
-                          shuffle=True, generator=g, rank=rank, world_size=size)
+        it = IndexBatches(X, y, batch_size=batch, image_shape=(1, 1, 1),
+                          input_range=(0.0, 1.0), generator=g, rank=rank, world_size=size)
         batches = [yb.tolist() for _, yb in it]
         steps.append(len(batches))
         assert len(batches) == len(it)
@@ -62,7 +62,7 @@ def test_host_batches_equal_device_batches(prefetch):
     rng = np.random.RandomState(0)
     X = rng.randint(0, 256, size=(37, 12)).astype(np.uint8)
     y = torch.as_tensor(rng.randint(0, 3, 37))
-    kw = dict(batch_size=8, image_shape=(3, 2, 2), units=(0.0, 255.0), shuffle=True)
+    kw = dict(batch_size=8, image_shape=(3, 2, 2), input_range=(0.0, 255.0))
     ref = list(IndexBatches(torch.from_numpy(X), y, generator=torch.Generator().manual_seed(1),
                             **kw))
     for source in (X, X.astype(">f8"), X.astype(np.int64)):
