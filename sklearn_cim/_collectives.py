@@ -19,6 +19,12 @@ def world(distributed):
 
     ``"auto"``: when a process group of more than one process is initialised.
     ``True``: that group must exist. ``False``: never.
+
+    Examples
+    --------
+    >>> from sklearn_cim.distributed import world
+    >>> world(False) is None, world("auto") is None  # no process group here
+    (True, True)
     """
     check_distributed(distributed)
     mode = "auto" if isinstance(distributed, str) else bool(distributed)

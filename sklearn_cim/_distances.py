@@ -172,7 +172,19 @@ class CallableDistance(Distance):
 
 
 class TrunkWeightsUnavailableError(RuntimeError):
-    """The pretrained ImageNet trunk of an LPIPS distance could not be obtained."""
+    """The pretrained ImageNet trunk of an LPIPS distance could not be obtained.
+
+    ``CIMTransformer.fit`` raises it (with ``pretrained=True``, the default) when
+    torchvision's cache lacks the trunk and it cannot be downloaded; the message
+    names the cache file. Catch it to fall back to ``pretrained=False`` or
+    another ``distance``.
+
+    Examples
+    --------
+    >>> from sklearn_cim import TrunkWeightsUnavailableError
+    >>> issubclass(TrunkWeightsUnavailableError, RuntimeError)
+    True
+    """
 
 
 def _trunk_weight_file(trunk):

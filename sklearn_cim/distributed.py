@@ -151,6 +151,18 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
     Returns
     -------
     estimator : the fitted estimator (the same object)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cim import VIBClassifier
+    >>> from sklearn_cim.distributed import fit_distributed
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(40, 4).astype(np.float32), np.repeat([0, 1], 20)
+    >>> clf = VIBClassifier(hidden_layer_sizes=(8,), latent_dim=2, max_epochs=1,
+    ...                     batch_size=10, device="cpu", random_state=0)
+    >>> fit_distributed(clf, X, y, nprocs=1, backend="gloo").predict(X[:3]).shape
+    (3,)
     """
     if not isinstance(nprocs, Integral) or isinstance(nprocs, bool) or nprocs < 1:
         raise ValueError(f"nprocs must be a positive integer, got {nprocs!r}.")
