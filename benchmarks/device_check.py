@@ -237,7 +237,7 @@ def persistence_checks(args, params, X_tr, y_tr, X_id, flat):
 
 
 def scaling_checks(args, params):
-    import sklearn_cim._training as training
+    import sklearn_cim._devices as devices
     from sklearn_cim.distributed import fit_distributed
 
     rng = np.random.RandomState(0)
@@ -251,9 +251,9 @@ def scaling_checks(args, params):
     small = {**params, "max_epochs": 2}
     CIMTransformer(**{**small, "max_epochs": 1}).fit(X[:512], y[:512])  # warm-up
     record = {"check": "cuda_streamed_vs_resident", "n": n, "px": side}
-    default_fraction = training.DEVICE_DATA_FRACTION
+    default_fraction = devices.DEVICE_DATA_FRACTION
     for name, fraction in (("resident", default_fraction), ("streamed", 0.0)):
-        training.DEVICE_DATA_FRACTION = fraction
+        devices.DEVICE_DATA_FRACTION = fraction
         try:
             t0 = time.time()
             est = CIMTransformer(**small).fit(X, y)
@@ -261,7 +261,7 @@ def scaling_checks(args, params):
             record[name + "_fit_samples_per_s"] = round(2 * n / (time.time() - t0), 1)
             record[name + "_last_loss"] = est.history_[-1, "train_loss"]
         finally:
-            training.DEVICE_DATA_FRACTION = default_fraction
+            devices.DEVICE_DATA_FRACTION = default_fraction
     emit(args.out, record)
     nprocs = max(1, torch.cuda.device_count())
     t0 = time.time()

@@ -1,8 +1,5 @@
 """CIMTransformer: Contrastive Input Morphing as a scikit-learn transformer."""
 
-from dataclasses import dataclass
-from typing import Any
-
 import json
 import warnings
 
@@ -11,40 +8,28 @@ import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
-from ._distances import DISTANCES, LPIPS_TRUNKS, make_distance
-from ._groups import (
-    GROUP_WEIGHTINGS,
-    INFER_GROUPS,
-    PairTable,
-    balanced_weights,
-    check_groups,
-    infer_groups,
-)
-from ._networks import ConvClassifier, MaskNet, NuisanceAdversary
-from ._training import (
-    PRECISIONS,
-    TorchEstimatorMixin,
-    TorchNet,
-    as_images,
-    batched_apply,
-    native_rows,
-    resolve_precision,
-    seeded_global_rng,
-    to_unit,
-)
-from ._triplet import MININGS, mine_triplets, mining_distances, triplet_loss
+from ._batching import batched_apply
+from ._devices import PRECISIONS, resolve_precision
+from ._distances import DISTANCES, LPIPS_TRUNKS
+from ._estimator import TorchEstimatorMixin
+from ._groups import GROUP_WEIGHTINGS, INFER_GROUPS, check_groups, infer_groups
+from ._networks import CIMModule
+from ._objective import CIMNet, CIMObjective
+from ._triplet import MININGS
 from ._validation import (
     check_choice,
     check_data_range,
     check_number,
     encode_labels,
+    input_range_of,
     require_y,
     validate_images,
-    value_scale,
 )
-from ._vib import VIBModule, gaussian_kl
+
+# CIMModule, CIMNet and CIMObjective were defined in this module until the
+# split by concept; pickles written then name them ``sklearn_cim._cim.<name>``,
+# and the imports above keep those names resolving (tests/test_old_pickles.py).
 
 # Training masks checked for a collapse after fit, and the share of pixels
 # under which the mask counts as cutting everything.
@@ -63,211 +48,6 @@ HEADS = ("cnn", "vib")
 AUTO_MASK_WEIGHT = 1.0
 #: mask_threshold="auto": the transform-time cut of the group-aware objective (none without).
 AUTO_MASK_THRESHOLD = 0.2
-
-
-class CIMModule(nn.Module):
-    """Mask net and auxiliary head: ``x -> (m, psi(x), head(psi(x)))``.
-
-    ``head="cnn"``: a :class:`ConvClassifier` giving logits. ``head="vib"``: a
-    :class:`VIBModule` on images (its conv encoder, latent size
-    ``2 * head_width``) giving ``(mu, sigma)`` of p(z|psi(x)).
-    """
-
-    def __init__(self, image_shape, n_classes, tn_width=16, tn_depth=2,
-                 per_channel_mask=False, head="cnn", head_width=32, n_groups=0):
-        super().__init__()
-        in_channels = image_shape[0]
-        self.mask_net = MaskNet(in_channels, tn_width, tn_depth, per_channel_mask)
-        if head == "vib":
-            self.head = VIBModule(image_shape, n_classes, latent_dim=2 * head_width,
-                                  hidden_layer_sizes=(), conv_width=head_width)
-        else:
-            self.head = ConvClassifier(in_channels, n_classes, head_width)
-        # the group-aware objective's adversary (built when fitted with groups)
-        self.adversary = (NuisanceAdversary(int(np.prod(image_shape)), n_groups)
-                          if n_groups > 1 else None)
-
-    def forward(self, x):
-        mask = self.mask_net(x)
-        psi = mask * x
-        return mask, psi, self.head(psi)
-
-
-@dataclass(frozen=True)
-class CIMObjective:
-    """The weights and choices of the CIM loss (see :class:`CIMTransformer`)."""
-
-    classifier_weight: float = 1.0
-    triplet_weight: float = 1.0
-    margin: float = 0.1
-    mining: str = "random"
-    pair_transform: bool = False
-    mask_weight: float = 0.0
-    distance: Any = "lpips-alex"
-    pretrained: bool = True
-    head: str = "cnn"
-    head_beta: float = 1e-3
-    group_weighting: str = "balanced"
-    group_triplets: bool = True
-    adversary_weight: float = 0.0
-
-
-class CIMNet(TorchNet):
-    """skorch net training :class:`CIMModule` on the CIM objective.
-
-    The perceptual metric is built on first use, kept outside skorch's module
-    registry (so it is never optimised, never switched to train mode and never
-    pickled) and stays frozen in eval mode.
-    """
-
-    def __init__(self, *args, objective=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.objective = objective
-
-    transient_attributes = TorchNet.transient_attributes + (
-        "metric", "metric_key", "train_X", "pair_table", "sample_weights", "group_aware")
-
-    def set_training_data(self, X, y):
-        """Keep what the group-aware objective reads across the training set.
-
-        ``y`` is 1-D (classes: the paper's objective) or ``(n, 3)`` rows of
-        (class, group, row index); then each sample's balancing weight and a
-        :class:`PairTable` for bias-contrastive triplets are built here.
-        """
-        self.release_training_data()
-        self.group_aware = y.ndim == 2
-        if y.ndim == 2:
-            classes, groups = y[:, 0], y[:, 1]
-            if self.objective.group_weighting == "balanced":
-                cells = classes * (int(groups.max()) + 1) + groups
-                self.sample_weights = balanced_weights(cells)
-            if self.objective.group_triplets and self.objective.triplet_weight > 0:
-                self.pair_table = PairTable(classes, groups)
-                self.train_X = X  # pairs are drawn from the whole training set
-
-    def release_training_data(self):
-        self.train_X = self.pair_table = self.sample_weights = None
-
-    def prepare_training(self):
-        # the metric (a random trunk with pretrained=False) is drawn from the
-        # global RNG seeded by ``seed``: the same in every process of a
-        # data-parallel fit and whenever it is rebuilt (after unpickling)
-        if self.objective.triplet_weight > 0:
-            self.get_metric()  # fail before the first step if the trunk is unavailable
-
-    def untrained_parameters(self):
-        out = []
-        if self.objective.classifier_weight == 0:  # nothing trains the head
-            out += list(self.module_.head.parameters())
-        adversary = self.module_.adversary
-        if adversary is not None and not self.uses_adversary():
-            out += list(adversary.parameters())
-        return out
-
-    def uses_adversary(self):
-        return (self.objective.adversary_weight > 0 and self.module_.adversary is not None
-                and getattr(self, "group_aware", False))
-
-    def get_metric(self):
-        key = (self.objective.distance, self.objective.pretrained, str(self.device))
-        if getattr(self, "metric", None) is None or getattr(self, "metric_key", None) != key:
-            with seeded_global_rng(self.seed, self.device):  # not by the epochs done
-                self.metric = make_distance(*key[:2]).to(self.device)
-            if self.channels_last:
-                self.metric.use_channels_last()
-            self.metric_key = key
-        return self.metric
-
-    def loss_terms(self, y_pred, y_true, X):
-        mask, psi, logits = y_pred
-        obj = self.objective
-        terms = {}
-        groups = rows = None
-        if y_true.ndim == 2:  # (class, group, row index): the group-aware objective
-            y_true, groups, rows = y_true.unbind(1)
-        if obj.head == "vib":
-            mu, sigma = logits
-            logits = self.module_.head.sample_logits(mu, sigma, self.generator)[0]
-            if obj.classifier_weight > 0:
-                terms["kl"] = (obj.classifier_weight * obj.head_beta, gaussian_kl(mu, sigma))
-        if obj.classifier_weight > 0:
-            terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, rows))
-        if obj.triplet_weight > 0:
-            terms["triplet"] = (obj.triplet_weight,
-                                self.triplet_term(psi, X, y_true, groups))
-        if obj.mask_weight > 0:
-            terms["mask"] = (obj.mask_weight, mask.mean())
-        if groups is not None and self.uses_adversary():
-            terms["adversary"] = (obj.adversary_weight,
-                                  self.adversary_term(psi, groups, rows))
-        return terms
-
-    def adversary_term(self, psi, groups, rows):
-        """Cross-entropy of the linear group adversary on psi(x), balanced over the
-        cells like the head's (so the class alone does not predict the group).
-        The adversary descends it; the mask net, through the reversed gradient,
-        ascends it."""
-        return self.cross_entropy(self.module_.adversary(psi), groups, rows)
-
-    def cross_entropy(self, logits, y, rows=None):
-        """The head's cross-entropy; with groups, weighted to balance the cells."""
-        if rows is None or self.sample_weights is None:
-            return self.criterion_(logits, y)
-        per_sample = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        return (per_sample * self.sample_weights[rows]).mean()
-
-    def triplet_term(self, psi, x, y, groups=None):
-        """``mean(relu(d(psi(x), p) - d(psi(x), q) + margin))`` over the batch.
-
-        One trunk pass with gradient (the anchors psi(x)); positives and
-        negatives are rows of gradient-free embeddings: of the originals, or of
-        psi itself (detached) with ``pair_transform=True``. Hard mining uses the
-        originals' pairwise distances, in float32 (outside autocast). With groups
-        and ``group_triplets``, the positive and the negative are drawn from the
-        whole training set (:meth:`group_triplet_term`).
-        """
-        obj = self.objective
-        metric = self.get_metric()
-        anchor = metric.embed(psi)
-        if groups is not None and self.pair_table is not None:
-            return self.group_triplet_term(metric, anchor, y, groups)
-        with torch.no_grad():
-            need_originals = not obj.pair_transform or obj.mining == "hard"
-            originals = metric.embed(x) if need_originals else None
-            pairwise = mining_distances(metric, originals) if obj.mining == "hard" else None
-        pos, neg, valid = mine_triplets(
-            y, obj.mining, generator=self.generator, pairwise=pairwise)
-        pairs = [e.detach() for e in anchor] if obj.pair_transform else originals
-        d_pos = metric.between(anchor, metric.take(pairs, pos))
-        d_neg = metric.between(anchor, metric.take(pairs, neg))
-        return triplet_loss(d_pos, d_neg, obj.margin, valid)
-
-    def group_triplet_term(self, metric, anchor, y, groups):
-        """Bias-contrastive triplets: the positive has the anchor's class and
-        another group, the negative the anchor's group and another class, both
-        drawn from the whole training set; anchors without one are left out."""
-        table = self.pair_table
-        pos, pos_ok = table.positives(y, groups, self.generator)
-        neg, neg_ok = table.negatives(y, groups, self.generator)
-        with torch.no_grad():
-            pairs = self.training_images(torch.cat([pos, neg]))
-            if self.objective.pair_transform:
-                pairs = self.module_.mask_net(pairs) * pairs
-            emb = metric.embed(pairs)
-        n = len(y)
-        d_pos = metric.between(anchor, metric.take(emb, slice(0, n)))
-        d_neg = metric.between(anchor, metric.take(emb, slice(n, 2 * n)))
-        return triplet_loss(d_pos, d_neg, self.objective.margin, pos_ok & neg_ok)
-
-    def training_images(self, rows):
-        """Rows of the training set as unit-range images on the device."""
-        X = self.train_X
-        if torch.is_tensor(X):
-            xb = X[rows.to(X.device)]
-        else:
-            xb = torch.from_numpy(native_rows(np.asarray(X[rows.cpu().numpy()])))
-        xb = xb.to(self.device)
-        return as_images(to_unit(xb, self.units), self.image_shape, self.channels_last)
 
 
 class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin,
@@ -647,7 +427,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         return tags
 
     # -- internals ------------------------------------------------------------
-    _saved_shapes = ("image_shape_", "input_range_")
+    _saved_tuple_attributes = ("image_shape_", "input_range_")
 
     def _fitted_metadata(self):
         labels = getattr(self, "group_labels_", None)
@@ -727,7 +507,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape,
                                          reset=not warm)
         data_range = check_data_range(self.data_range)
-        units = value_scale(X, data_range)
+        input_range = input_range_of(X, data_range)
         if data_range is None and X.dtype.kind == "f" and self._needs_unit_range():
             raise ValueError(
                 f"distance={self.distance!r} needs images in a known range; set "
@@ -740,8 +520,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             y, classes=self._known_classes(warm, classes), min_per_class=min_per_class)
         if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
-        self.input_range_ = units
-        group_codes = self._training_groups(X, y_enc, groups, units, warm)
+        self.input_range_ = input_range
+        group_codes = self._training_groups(X, y_enc, groups, input_range, warm)
         self.group_aware_ = group_codes is not None
         n_groups = 0 if group_codes is None else int(group_codes.max()) + 1
         if not warm:
@@ -776,7 +556,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "classifier head learned the classes; try a lower mask_weight or lr, a larger "
                 "batch_size, or mask_threshold=0.", ConvergenceWarning, stacklevel=5)
 
-    def _training_groups(self, X, y_enc, groups, units, warm):
+    def _training_groups(self, X, y_enc, groups, input_range, warm):
         """Integer group codes for the objective: the given groups, inferred
         ones (kept in ``groups_``), or None for the paper's objective.
 
@@ -796,7 +576,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if not self.infer_groups:
             return None
         strategy = "linear" if self.infer_groups is True else self.infer_groups
-        low, high = units
+        low, high = input_range
         flat = (np.asarray(X, dtype=np.float32) - low) / (high - low)
         seed = self._shared_seed()  # in a data-parallel fit, the same groups everywhere
         self.groups_ = infer_groups(flat.reshape(len(flat), -1), y_enc, strategy, seed)
@@ -848,7 +628,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             module__n_groups=getattr(self, "n_groups_", 0),
             objective=self._objective(),
             image_shape=self.image_shape_,
-            units=self.input_range_,
+            input_range=self.input_range_,
         )
 
     def _fast_path(self, device):
@@ -863,7 +643,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     def _apply(self, X, what):
         check_is_fitted(self)
         X, _, shape, was_4d = validate_images(self, X, reset=False)
-        units = value_scale(X, check_data_range(self.data_range))
+        input_range = input_range_of(X, check_data_range(self.data_range))
         net = self.net_
         module = net.module_
         module.eval()
@@ -871,7 +651,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         cuda = torch.device(self.device_).type == "cuda"
         budget = _TRANSFORM_BUDGET_CUDA if cuda else _TRANSFORM_BUDGET
         chunk = max(1, budget // (h * w * self.tn_width))
-        low, high = units
+        low, high = input_range
         precision = resolve_precision(self.precision, self.device_)
 
         threshold = self._mask_threshold()
@@ -887,7 +667,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             return low + (high - low) * (mask(u) * u)
 
         fn = psi if what == "psi" else mask
-        out = batched_apply(fn, X, units=units, image_shape=shape, device=self.device_,
+        out = batched_apply(fn, X, input_range=input_range, image_shape=shape, device=self.device_,
                             chunk=chunk, channels_last=net.channels_last,
                             precision=precision)
         if out is None:  # no rows

@@ -57,8 +57,6 @@ class Distance:
     every sample with every other one in chunks.
     """
 
-    requires_unit_range = True
-
     def to(self, device):
         return self
 
@@ -97,8 +95,6 @@ class Distance:
 
 class L2Distance(Distance):
     """Root-mean-square pixel difference."""
-
-    requires_unit_range = False
 
     def embed(self, x):
         return [x.reshape(x.shape[0], -1)]
@@ -161,8 +157,6 @@ class SSIMDistance(Distance):
 class CallableDistance(Distance):
     """Wraps a user function ``(a, b) -> per-sample distances``."""
 
-    requires_unit_range = False
-
     def __init__(self, fn):
         self.fn = fn
 
@@ -178,7 +172,19 @@ class CallableDistance(Distance):
 
 
 class TrunkWeightsUnavailableError(RuntimeError):
-    """The pretrained ImageNet trunk of an LPIPS distance could not be obtained."""
+    """The pretrained ImageNet trunk of an LPIPS distance could not be obtained.
+
+    ``CIMTransformer.fit`` raises it (with ``pretrained=True``, the default) when
+    torchvision's cache lacks the trunk and it cannot be downloaded; the message
+    names the cache file. Catch it to fall back to ``pretrained=False`` or
+    another ``distance``.
+
+    Examples
+    --------
+    >>> from sklearn_cim import TrunkWeightsUnavailableError
+    >>> issubclass(TrunkWeightsUnavailableError, RuntimeError)
+    True
+    """
 
 
 def _trunk_weight_file(trunk):

@@ -1,16 +1,21 @@
-"""Torch modules: the transformation network (mask net) and classifier heads.
+"""Torch modules: the transformation network (mask net), the classifier heads,
+the VIB encoder-decoder and the CIM module that joins a mask net and a head.
 
-All modules take images ``(N, C, H, W)`` in [0, 1] and work for any image size
+Image modules take ``(N, C, H, W)`` in [0, 1] and work for any image size
 (1x1 included): pooling skips sides of length 1 and decoder stages are resized
 to their skip connection.
 """
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# sigma = softplus(raw - SIGMA_SHIFT): the encoder starts nearly deterministic
+# (sigma ~ 0.007), as in Alemi et al.
+SIGMA_SHIFT = 5.0
 # Output bias of the mask net: sigmoid(2) ~ 0.88, so psi(x) starts close to x.
 MASK_INIT_LOGIT = 2.0
 
@@ -154,3 +159,69 @@ class NuisanceAdversary(nn.Module):
 
     def forward(self, psi):
         return self.linear(reverse_gradient(psi).flatten(1))
+
+
+class VIBModule(nn.Module):
+    """Stochastic encoder p(z|x) and linear decoder q(y|z).
+
+    ``forward(x)`` returns ``(mu, sigma)`` of p(z|x); ``decode(z)`` returns
+    class logits. Inputs are flat features ``(N, F)`` for ``in_shape=(F,)``
+    (MLP encoder) or images ``(N, C, H, W)`` for ``in_shape=(C, H, W)``
+    (:class:`ConvEncoder`, then the MLP layers on its flattened output).
+    """
+
+    def __init__(self, in_shape, n_classes, latent_dim=256,
+                 hidden_layer_sizes=(1024, 1024), conv_width=32):
+        super().__init__()
+        in_shape = tuple(in_shape)
+        if len(in_shape) == 3:
+            conv = ConvEncoder(in_shape[0], conv_width)
+            mlp = MLPEncoder(conv.out_features, hidden_layer_sizes)
+            self.encoder = nn.Sequential(conv, mlp)
+        else:
+            mlp = MLPEncoder(in_shape[0], hidden_layer_sizes)
+            self.encoder = mlp
+        self.stats = nn.Linear(mlp.out_features, 2 * latent_dim)
+        self.decoder = nn.Linear(latent_dim, n_classes)
+
+    def forward(self, x):
+        mu, raw = self.stats(self.encoder(x)).chunk(2, dim=-1)
+        return mu, F.softplus(raw - SIGMA_SHIFT)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def sample_logits(self, mu, sigma, generator, n_samples=1):
+        """Logits ``(n_samples, N, n_classes)`` of reparameterised draws
+        ``z = mu + sigma * eps``, ``eps`` from ``generator``."""
+        eps = torch.randn((n_samples,) + tuple(mu.shape), generator=generator,
+                          device=mu.device, dtype=mu.dtype)
+        return self.decode(mu + sigma * eps)
+
+
+class CIMModule(nn.Module):
+    """Mask net and auxiliary head: ``x -> (m, psi(x), head(psi(x)))``.
+
+    ``head="cnn"``: a :class:`ConvClassifier` giving logits. ``head="vib"``: a
+    :class:`VIBModule` on images (its conv encoder, latent size
+    ``2 * head_width``) giving ``(mu, sigma)`` of p(z|psi(x)).
+    """
+
+    def __init__(self, image_shape, n_classes, tn_width=16, tn_depth=2,
+                 per_channel_mask=False, head="cnn", head_width=32, n_groups=0):
+        super().__init__()
+        in_channels = image_shape[0]
+        self.mask_net = MaskNet(in_channels, tn_width, tn_depth, per_channel_mask)
+        if head == "vib":
+            self.head = VIBModule(image_shape, n_classes, latent_dim=2 * head_width,
+                                  hidden_layer_sizes=(), conv_width=head_width)
+        else:
+            self.head = ConvClassifier(in_channels, n_classes, head_width)
+        # the group-aware objective's adversary (built when fitted with groups)
+        self.adversary = (NuisanceAdversary(int(np.prod(image_shape)), n_groups)
+                          if n_groups > 1 else None)
+
+    def forward(self, x):
+        mask = self.mask_net(x)
+        psi = mask * x
+        return mask, psi, self.head(psi)

@@ -36,6 +36,15 @@ def versions():
 
 
 def show_versions():
-    """Print the versions of Python, torch, CUDA, lpips, scikit-learn and skorch."""
+    """Print the versions of Python, torch, CUDA, lpips, scikit-learn and skorch.
+
+    Examples
+    --------
+    >>> from sklearn_cim import show_versions
+    >>> show_versions()  # doctest: +ELLIPSIS
+    sklearn_cim: ...
+    python: ...
+    torch: ...
+    """
     for key, value in versions().items():
         print(f"{key:>15}: {value}")

@@ -169,8 +169,9 @@ def check_data_range(data_range):
     return float(low), float(high)
 
 
-def value_scale(X, data_range):
-    """Return ``(low, high)``, the units of X, after checking X lies inside them.
+def input_range_of(X, data_range):
+    """Return ``(low, high)``, the value range X is read in (the fitted
+    ``input_range_``), after checking X lies inside it.
 
     Integer X holds 8-bit pixels: ``(0, 255)``; bool X is binary ``(0, 1)``.
     Float X must lie in

@@ -5,7 +5,6 @@ from numbers import Integral
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import (
     BaseEstimator,
     ClassifierMixin,
@@ -14,10 +13,11 @@ from sklearn.base import (
 )
 from sklearn.utils import TransformerTags
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
-from ._networks import ConvEncoder, MLPEncoder
-from ._training import TorchEstimatorMixin, TorchNet, batched_apply
+from ._batching import batched_apply
+from ._estimator import TorchEstimatorMixin
+from ._net import TorchNet
+from ._networks import VIBModule
 from ._validation import (
     check_number,
     encode_labels,
@@ -26,9 +26,10 @@ from ._validation import (
     validate_images,
 )
 
-# sigma = softplus(raw - SIGMA_SHIFT): the encoder starts nearly deterministic
-# (sigma ~ 0.007), as in Alemi et al.
-SIGMA_SHIFT = 5.0
+# VIBModule was defined here until it joined the other networks; pickles written
+# then name it ``sklearn_cim._vib.VIBModule``, which the import above keeps
+# resolving (tests/test_old_pickles.py).
+
 # Floor under sigma inside log(sigma) only, so that the KL stays finite (and
 # beta=0 gives no 0 * inf) if sigma underflows to 0 in float32.
 _MIN_SIGMA = 1e-30
@@ -43,44 +44,6 @@ def gaussian_kl(mu, sigma):
     """KL(N(mu, diag sigma^2) || N(0, I)): sum over latent dims, batch mean."""
     log_var = 2.0 * torch.log(sigma.clamp_min(_MIN_SIGMA))
     return 0.5 * (mu.square() + sigma.square() - 1.0 - log_var).sum(-1).mean()
-
-
-class VIBModule(nn.Module):
-    """Stochastic encoder p(z|x) and linear decoder q(y|z).
-
-    ``forward(x)`` returns ``(mu, sigma)`` of p(z|x); ``decode(z)`` returns
-    class logits. Inputs are flat features ``(N, F)`` for ``in_shape=(F,)``
-    (MLP encoder) or images ``(N, C, H, W)`` for ``in_shape=(C, H, W)``
-    (:class:`ConvEncoder`, then the MLP layers on its flattened output).
-    """
-
-    def __init__(self, in_shape, n_classes, latent_dim=256,
-                 hidden_layer_sizes=(1024, 1024), conv_width=32):
-        super().__init__()
-        in_shape = tuple(in_shape)
-        if len(in_shape) == 3:
-            conv = ConvEncoder(in_shape[0], conv_width)
-            mlp = MLPEncoder(conv.out_features, hidden_layer_sizes)
-            self.encoder = nn.Sequential(conv, mlp)
-        else:
-            mlp = MLPEncoder(in_shape[0], hidden_layer_sizes)
-            self.encoder = mlp
-        self.stats = nn.Linear(mlp.out_features, 2 * latent_dim)
-        self.decoder = nn.Linear(latent_dim, n_classes)
-
-    def forward(self, x):
-        mu, raw = self.stats(self.encoder(x)).chunk(2, dim=-1)
-        return mu, F.softplus(raw - SIGMA_SHIFT)
-
-    def decode(self, z):
-        return self.decoder(z)
-
-    def sample_logits(self, mu, sigma, generator, n_samples=1):
-        """Logits ``(n_samples, N, n_classes)`` of reparameterised draws
-        ``z = mu + sigma * eps``, ``eps`` from ``generator``."""
-        eps = torch.randn((n_samples,) + tuple(mu.shape), generator=generator,
-                          device=mu.device, dtype=mu.dtype)
-        return self.decode(mu + sigma * eps)
 
 
 class VIBNet(TorchNet):
@@ -223,7 +186,7 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
     """
 
     _pixels = False  # features, not 8-bit pixels: integers are kept as values
-    _saved_shapes = ("image_shape_",)
+    _saved_tuple_attributes = ("image_shape_",)
 
     def __init__(
         self,
@@ -461,7 +424,7 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
             beta=float(self.beta),
             n_train_samples=self.n_train_samples,
             image_shape=in_shape,
-            units=(0.0, 1.0),
+            input_range=(0.0, 1.0),
         )
 
     def _inference_module(self):
@@ -487,5 +450,5 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
                if len(in_shape) == 3 else [])
         )
         chunk = max(1, _INFER_BUDGET // per_row)
-        return batched_apply(fn, X, units=(0.0, 1.0), image_shape=in_shape,
+        return batched_apply(fn, X, input_range=(0.0, 1.0), image_shape=in_shape,
                              device=self.device_, chunk=chunk, pixels=False)

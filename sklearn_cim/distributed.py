@@ -43,91 +43,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+# Public names of this module before the collectives moved to _collectives
+# (``world`` tells whether an estimator would train data-parallel).
+from ._collectives import (  # noqa: F401
+    all_reduce_sum,
+    broadcast_int,
+    check_agreement,
+    check_distributed,
+    local_device,
+    world,
+)
 
-# -- the process group, as the estimators see it --------------------------------
-def world(distributed):
-    """``(rank, world_size)`` when estimators should train data-parallel, else None.
-
-    ``"auto"``: when a process group of more than one process is initialised.
-    ``True``: that group must exist. ``False``: never.
-    """
-    check_distributed(distributed)
-    mode = "auto" if isinstance(distributed, str) else bool(distributed)
-    if mode is False:
-        return None
-    if not (dist.is_available() and dist.is_initialized()):
-        if mode is True:
-            raise RuntimeError(
-                "distributed=True needs a torch.distributed process group: call "
-                "torch.distributed.init_process_group(...) in every process (torchrun "
-                "sets its environment), or use sklearn_cim.distributed.fit_distributed, "
-                "or set distributed='auto' to train in one process when there is none.")
-        return None
-    size = dist.get_world_size()
-    if size == 1 and mode == "auto":
-        return None
-    return dist.get_rank(), size
-
-
-def check_distributed(value):
-    """Check the ``distributed`` parameter."""
-    if not (value == "auto" if isinstance(value, str) else isinstance(value, (bool, np.bool_))):
-        raise ValueError(f"distributed must be 'auto', True or False, got {value!r}.")
-
-
-def local_device(device):
-    """The device of this process: ``"cuda"`` / ``"auto"`` pick ``cuda:LOCAL_RANK``."""
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        if "LOCAL_RANK" in os.environ:
-            index = int(os.environ["LOCAL_RANK"])
-        else:
-            index = dist.get_rank() % torch.cuda.device_count()
-        return f"cuda:{index}"
-    if isinstance(device, str) and device.startswith("cuda:"):
-        raise ValueError(
-            f"device={device!r} would put every process of the data-parallel fit on one "
-            "GPU; use device='auto' or 'cuda' (each process takes cuda:LOCAL_RANK).")
-    return device
-
-
-def _collective_device(device):
-    # nccl moves CUDA tensors only; gloo moves CPU tensors
-    return device if dist.get_backend() == "nccl" else "cpu"
-
-
-def broadcast_int(value, device):
-    """Rank 0's ``value`` on every rank."""
-    t = torch.tensor([int(value)], dtype=torch.int64, device=_collective_device(device))
-    dist.broadcast(t, src=0)
-    return int(t.item())
-
-
-def all_reduce_sum(tensor, device):
-    """Sum of ``tensor`` over the ranks (float64 on the way, float32 back)."""
-    t = tensor.detach().to(_collective_device(device), torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.to(tensor.device, torch.float32)
-
-
-def check_agreement(warm, n_samples, n_features, device):
-    """Raise on every rank unless all ranks continue (or all start) a fit on
-    data of the same shape; the first collective of every data-parallel fit."""
-    mine = [int(warm), n_samples, n_features]
-    t = torch.tensor(mine + [-v for v in mine], dtype=torch.int64,
-                     device=_collective_device(device))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    agree = [t[i].item() == -t[i + 3].item() for i in range(3)]
-    if not agree[0]:
-        raise ValueError(
-            "Some processes of the data-parallel fit continue a fitted model (warm_start "
-            "or partial_fit) and others start a new one; give every process the same "
-            "estimator state.")
-    if not all(agree[1:]):
-        raise ValueError(
-            f"The processes of the data-parallel fit hold different data (this one "
-            f"{n_samples} x {n_features}). Pass every process the same X and y (e.g. "
-            "the same memmap): each trains on its share of every epoch.")
-
+__all__ = ["fit_distributed", "world"]
 
 # -- fit_distributed ------------------------------------------------------------
 def _file_offset(a):
@@ -224,6 +151,18 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
     Returns
     -------
     estimator : the fitted estimator (the same object)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cim import VIBClassifier
+    >>> from sklearn_cim.distributed import fit_distributed
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(40, 4).astype(np.float32), np.repeat([0, 1], 20)
+    >>> clf = VIBClassifier(hidden_layer_sizes=(8,), latent_dim=2, max_epochs=1,
+    ...                     batch_size=10, device="cpu", random_state=0)
+    >>> fit_distributed(clf, X, y, nprocs=1, backend="gloo").predict(X[:3]).shape
+    (3,)
     """
     if not isinstance(nprocs, Integral) or isinstance(nprocs, bool) or nprocs < 1:
         raise ValueError(f"nprocs must be a positive integer, got {nprocs!r}.")

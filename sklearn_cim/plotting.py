@@ -47,9 +47,9 @@ def _masking_step(estimator, X):
     )
 
 
-def _as_display(images, units):
+def _as_display(images, input_range):
     """(n, C, H, W) -> list of (H, W) or (H, W, 3) arrays in [0, 1] and a cmap."""
-    low, high = units
+    low, high = input_range
     images = np.clip((images - low) / (high - low), 0, 1)
     if images.shape[1] == 3:
         return images.transpose(0, 2, 3, 1), None

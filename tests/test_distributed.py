@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from sklearn_cim import CIMTransformer, VIBClassifier
-from sklearn_cim._training import IndexBatches
+from sklearn_cim._batching import IndexBatches
 from sklearn_cim.distributed import _shareable, _unshare, fit_distributed, world
 
 # LPIPS with a random trunk: the trunk must be the same in every process.
@@ -43,8 +43,8 @@ def test_shards_cover_the_epoch_with_equal_step_counts(n, size, batch):
     seen, steps = [], []
     for rank in range(size):
         g = torch.Generator().manual_seed(0)  # every rank draws the same permutation
-        it = IndexBatches(X, y, batch_size=batch, image_shape=(1, 1, 1), units=(0.0, 1.0),
-                          shuffle=True, generator=g, rank=rank, world_size=size)
+        it = IndexBatches(X, y, batch_size=batch, image_shape=(1, 1, 1),
+                          input_range=(0.0, 1.0), generator=g, rank=rank, world_size=size)
         batches = [yb.tolist() for _, yb in it]
         steps.append(len(batches))
         assert len(batches) == len(it)
@@ -62,7 +62,7 @@ def test_host_batches_equal_device_batches(prefetch):
     rng = np.random.RandomState(0)
     X = rng.randint(0, 256, size=(37, 12)).astype(np.uint8)
     y = torch.as_tensor(rng.randint(0, 3, 37))
-    kw = dict(batch_size=8, image_shape=(3, 2, 2), units=(0.0, 255.0), shuffle=True)
+    kw = dict(batch_size=8, image_shape=(3, 2, 2), input_range=(0.0, 255.0))
     ref = list(IndexBatches(torch.from_numpy(X), y, generator=torch.Generator().manual_seed(1),
                             **kw))
     for source in (X, X.astype(">f8"), X.astype(np.int64)):
@@ -297,7 +297,7 @@ def test_processes_with_different_data_all_raise(tmp_path):
 def test_device_copy_in_chunks_equals_the_whole_conversion(dtype):
     """On CUDA a training set that fits is uploaded chunk by chunk (no whole
     converted copy on the host); the result is the whole conversion's."""
-    from sklearn_cim._training import as_device_tensor, to_device_in_chunks
+    from sklearn_cim._devices import as_device_tensor, to_device_in_chunks
 
     rng = np.random.RandomState(0)
     X = rng.randint(0, 256, size=(23, 5)).astype(dtype)

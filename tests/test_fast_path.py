@@ -12,7 +12,7 @@ import pytest
 import torch
 from skorch.callbacks import Callback
 
-import sklearn_cim._training as training
+import sklearn_cim._devices as devices
 from sklearn_cim import CIMTransformer, VIBClassifier
 
 
@@ -54,9 +54,9 @@ def test_bf16_training_step_matches_float32(distance):
 
 def test_auto_precision_is_float32_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kwargs: True)
-    assert training.resolve_precision("auto", "cpu") == "float32"
-    assert training.resolve_precision("auto", "cuda") == "bfloat16"
-    assert training.resolve_precision("float32", "cuda") == "float32"
+    assert devices.resolve_precision("auto", "cpu") == "float32"
+    assert devices.resolve_precision("auto", "cuda") == "bfloat16"
+    assert devices.resolve_precision("float32", "cuda") == "float32"
 
 
 def test_auto_precision_is_float32_on_a_gpu_without_bf16(monkeypatch):
@@ -68,10 +68,10 @@ def test_auto_precision_is_float32_on_a_gpu_without_bf16(monkeypatch):
         return False
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", no_bf16)
-    assert training.resolve_precision("auto", "cuda") == "float32"
-    assert training.resolve_precision("auto", "cuda:1") == "float32"
+    assert devices.resolve_precision("auto", "cuda") == "float32"
+    assert devices.resolve_precision("auto", "cuda:1") == "float32"
     assert asked and not any(asked)  # emulated bf16 (pre-Ampere) does not count
-    assert training.resolve_precision("bfloat16", "cuda") == "bfloat16"  # as asked
+    assert devices.resolve_precision("bfloat16", "cuda") == "bfloat16"  # as asked
 
 
 def test_channels_last_gives_the_same_model(tiny, monkeypatch):
@@ -265,7 +265,7 @@ def test_keep_optimizer_state_set_after_fit_applies_to_the_pickle(tiny):
 def test_bf16_hard_mining_mines_in_float32(monkeypatch):
     """Hard mining under bf16 autocast picks the negatives float32 distances pick,
     on near-duplicates (RMS 0.01-0.03 apart) that bf16 Gram products confuse."""
-    import sklearn_cim._cim as cim_module
+    import sklearn_cim._objective as objective_module
     from sklearn_cim._distances import L2Distance
     from sklearn_cim._triplet import mine_triplets
 
@@ -286,7 +286,7 @@ def test_bf16_hard_mining_mines_in_float32(monkeypatch):
         return mined[-1][1]
 
     monkeypatch.setattr(L2Distance, "pairwise", spy_pairwise)
-    monkeypatch.setattr(cim_module, "mine_triplets", spy_mine)
+    monkeypatch.setattr(objective_module, "mine_triplets", spy_mine)
     CIMTransformer(distance="l2", mining="hard", precision="bfloat16", max_epochs=1,
                    batch_size=len(X), tn_width=4, tn_depth=1, head_width=4,
                    device="cpu", random_state=0).fit(X, y)

@@ -220,7 +220,7 @@ def test_continuing_follows_callbacks_and_verbose(images, tiny, kind, how, capsy
 def test_continuing_moves_the_model_to_the_current_device(images, tiny, kind, monkeypatch):
     # "cpu:0" is a device other than "cpu" to torch (as "cuda" is after a fit on
     # CPU): the net must be moved, and continue as it would have on "cpu"
-    import sklearn_cim._training as training
+    import sklearn_cim._estimator as estimator_module
 
     moves = []
 
@@ -228,8 +228,8 @@ def test_continuing_moves_the_model_to_the_current_device(images, tiny, kind, mo
         moves.append(device)
         return move_net(net, device)
 
-    move_net = training.move_net
-    monkeypatch.setattr(training, "move_net", spy)
+    move_net = estimator_module.move_net
+    monkeypatch.setattr(estimator_module, "move_net", spy)
     X, y = images
     X = X.reshape(40, -1)
     ests = [_estimators(tiny)[kind].fit(X, y) for _ in range(2)]

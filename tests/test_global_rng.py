@@ -10,7 +10,7 @@ import contextlib
 import pytest
 import torch
 
-import sklearn_cim._training as training
+import sklearn_cim._seeding as seeding
 
 N_GPUS = 2
 
@@ -40,7 +40,7 @@ def test_seeded_global_rng_restores_every_generator_it_seeds(monkeypatch, device
     monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
     cpu_state = torch.random.get_rng_state()  # the fake fork_rng restores nothing
     try:
-        with training.seeded_global_rng(7, device):
+        with seeding.seeded_global_rng(7, device):
             draw = torch.rand(3)
     finally:
         torch.random.set_rng_state(cpu_state)

@@ -10,9 +10,9 @@ from hypothesis.extra import numpy as hnp
 from sklearn_cim import CIMTransformer
 from sklearn_cim._validation import (
     encode_labels,
+    input_range_of,
     resolve_image_shape,
     validate_images,
-    value_scale,
 )
 
 FAST = settings(max_examples=60, deadline=None)
@@ -102,7 +102,7 @@ def test_validate_images_keeps_dtype_and_counts_features(n, c, h, w, dtype, four
     np.testing.assert_array_equal(X2b, X2)
 
 
-# -- value_scale -----------------------------------------------------------------
+# -- input_range_of -----------------------------------------------------------------
 
 shapes_2d = hnp.array_shapes(min_dims=2, max_dims=2, max_side=6)
 int_arrays = st.one_of(
@@ -120,31 +120,31 @@ ranges = st.tuples(st.floats(-2, 2), st.floats(0.01, 4)).map(lambda t: (t[0], t[
 
 @FAST
 @given(X=int_arrays, data_range=st.one_of(st.none(), ranges))
-def test_value_scale_integers_are_8bit_pixels(X, data_range):
+def test_input_range_of_integers_are_8bit_pixels(X, data_range):
     if X.min() >= 0 and X.max() <= 255:
-        assert value_scale(X, data_range) == (0.0, 255.0)
+        assert input_range_of(X, data_range) == (0.0, 255.0)
     else:
         with pytest.raises(ValueError, match="Pass uint8 images"):
-            value_scale(X, data_range)
+            input_range_of(X, data_range)
 
 
 @FAST
 @given(X=float_arrays, data_range=ranges)
 # float32 X clipped to data_range holds float32(0.01) < 0.01 (found by hypothesis).
 @example(X=np.array([[0.01]], np.float32), data_range=(0.01, 1.01))
-def test_value_scale_floats_accepted_exactly_inside_data_range(X, data_range):
+def test_input_range_of_floats_accepted_exactly_inside_data_range(X, data_range):
     low, high = data_range
     if X.min() >= low and X.max() <= high:
-        assert value_scale(X, data_range) == (low, high)
+        assert input_range_of(X, data_range) == (low, high)
     else:
         with pytest.raises(ValueError, match="Scale X into that range"):
-            value_scale(X, data_range)
+            input_range_of(X, data_range)
 
 
 @FAST
 @given(X=float_arrays)
-def test_value_scale_without_range_takes_floats_as_they_are(X):
-    assert value_scale(X, None) == (0.0, 1.0)
+def test_input_range_of_without_range_takes_floats_as_they_are(X):
+    assert input_range_of(X, None) == (0.0, 1.0)
 
 
 # -- encode_labels ---------------------------------------------------------------

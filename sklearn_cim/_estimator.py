@@ -1,0 +1,272 @@
+"""What the estimators share about the skorch net they fit: :class:`TorchEstimatorMixin`.
+
+Parameter checks, training a new net or continuing the fitted one
+(``warm_start``, ``partial_fit``, data-parallel fits), and weights-only
+persistence (``save_params`` / ``load_params``).
+"""
+
+import json
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+from skorch.callbacks import ProgressBar
+from torch import nn
+
+from ._collectives import broadcast_int, check_agreement, check_distributed, local_device, world
+from ._devices import move_net, place_training_data, resolve_device
+from ._net import default_callbacks, fit_net, restored_on_error
+from ._seeding import seeded_global_rng
+from ._validation import check_number, unique_classes
+
+
+def _same_callbacks(old, new):
+    """Whether two :func:`default_callbacks` lists hold the same user callbacks
+    (the same objects) and both a progress bar or neither."""
+    old, new = list(old or []), list(new or [])
+    return len(old) == len(new) and all(
+        a is b or (isinstance(a, ProgressBar) and isinstance(b, ProgressBar))
+        for a, b in zip(old, new))
+
+
+class TorchEstimatorMixin:
+    """What the estimators share about the skorch net they fit (``net_``).
+
+    Expects the parameters ``lr``, ``max_epochs``, ``batch_size``, ``device``,
+    ``random_state``, ``verbose``, ``callbacks``, ``warm_start``,
+    ``keep_optimizer_state`` and ``distributed``, and the
+    methods ``_net_spec()`` (the net class and its parameters, from fitted
+    attributes) and the class attribute ``_saved_tuple_attributes``.
+    """
+
+    _pixels = True  # integer X holds 8-bit pixels
+    # names of the fitted tuple (or None) attributes saved with the weights
+    _saved_tuple_attributes = ()
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "net_")
+
+    @contextmanager
+    def _all_or_nothing(self):
+        """Restore the estimator's attributes if the block raises, so that a
+        failed fit or load leaves the previous state (or an unfitted one)."""
+        saved = dict(vars(self))
+        try:
+            yield
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(saved)
+            raise
+
+    @property
+    def history_(self):
+        return self.net_.history_
+
+    @property
+    def device_(self):
+        return str(self.net_.device)
+
+    def _check_training_params(self, *, min_batch_size=1):
+        """Check the training parameters both estimators share."""
+        check_number("max_epochs", self.max_epochs, low=1, integer=True)
+        check_number("batch_size", self.batch_size, low=min_batch_size, integer=True)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("verbose", self.verbose, low=0, integer=True)
+        for name in ("warm_start", "keep_optimizer_state"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        resolve_device(self.device)
+        check_distributed(self.distributed)
+
+    def _continues(self):
+        return bool(self.warm_start) and hasattr(self, "net_")
+
+    def _known_classes(self, warm, classes):
+        """Classes y must keep to: the fitted ones when continuing, else the
+        ``classes`` of a first ``partial_fit`` (None: taken from y)."""
+        if classes is not None:
+            classes = unique_classes(classes)
+        if warm:
+            if classes is not None and not np.array_equal(classes, self.classes_):
+                raise ValueError(
+                    f"classes={classes.tolist()!r} differs from the classes_ "
+                    f"{self.classes_.tolist()!r} of the first call; pass the same "
+                    "classes, or none after the first call.")
+            return self.classes_
+        return classes
+
+    def _new_net(self, seed, device, world=None):
+        net_class, params = self._net_spec()
+        verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
+        return net_class(
+            criterion=nn.CrossEntropyLoss,
+            optimizer=torch.optim.Adam,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            device=device,
+            verbose=verbose,
+            callbacks=default_callbacks(verbose, self.callbacks),
+            seed=seed,
+            optimizer__fused=True,
+            keep_optimizer_state=bool(self.keep_optimizer_state),
+            world=world,
+            **self._fast_path(device),
+            **params,
+        )
+
+    def _fast_path(self, device):
+        """TorchNet fast-path settings (precision, channels_last,
+        compile_options) for ``device``; none by default."""
+        return {}
+
+    def _refresh_net(self, net, device, world=None):
+        """Bring a fitted net up to the current parameters before continuing.
+
+        Training settings, loss parameters, ``callbacks``, ``verbose`` and the
+        device (``device``, resolved) follow ``set_params``; the networks'
+        architecture cannot change without a fresh fit.
+        """
+        spec = self._net_spec()[1]
+        changed = sorted(k[len("module__"):] for k, v in spec.items()
+                         if k.startswith("module__") and getattr(net, k) != v)
+        if changed:
+            raise ValueError(
+                f"warm_start / partial_fit cannot change the networks ({', '.join(changed)} "
+                "differ from the fitted model); set them back, or fit from scratch with "
+                "warm_start=False.")
+        if torch.device(net.device) != torch.device(device):
+            move_net(net, device)  # e.g. unpickled on a CPU-only host, continued on a GPU
+        for key, value in spec.items():
+            if key != "module" and not key.startswith("module__"):
+                setattr(net, key, value)
+        for key, value in self._fast_path(net.device).items():
+            if key == "compile_options" and value != net.compile_options:
+                net.__dict__.pop("step_module", None)
+            setattr(net, key, value)
+        net.keep_optimizer_state = bool(self.keep_optimizer_state)
+        net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
+        net.set_params(lr=self.lr)
+        net.verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
+        callbacks = default_callbacks(net.verbose, self.callbacks)
+        if not _same_callbacks(net.callbacks, callbacks):  # unchanged ones keep their state
+            net.callbacks = callbacks
+            net.initialize_callbacks()
+
+    def _shared_seed(self):
+        """A seed drawn from ``random_state``; in a data-parallel fit, rank 0's
+        for every process (one batch order, one set of initial weights)."""
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        group = world(self.distributed)
+        if group is not None:
+            seed = broadcast_int(seed, resolve_device(local_device(self.device)))
+        return seed
+
+    def _train(self, X, y, *, warm=False, epochs=None):
+        """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
+        data-parallel fit, with the other processes of the group."""
+        group = world(self.distributed)
+        device = resolve_device(local_device(self.device) if group else self.device)
+        if group is not None:  # the first collective: do all processes agree?
+            check_agreement(warm, len(X), X.shape[1], device)
+        # a warm fit that raises leaves net_ as it was (_all_or_nothing restores
+        # the estimator's attributes, not the net they share)
+        with restored_on_error(self.net_) if warm else nullcontext():
+            if warm:
+                net = self.net_
+                self._refresh_net(net, device, group)  # e.g. rank 0's model, unpickled in all
+                net.world = group
+                seed = net.seed + len(net.history)
+            else:
+                seed = self._shared_seed()  # batch order, initial weights
+                net = self._new_net(seed, device, group)
+            X_t = place_training_data(X, net.device, pixels=self._pixels)
+            y_t = torch.as_tensor(y, device=net.device)
+            net.set_training_data(X_t, y_t)
+            try:
+                self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
+            finally:
+                net.release_training_data()
+        return self.net_
+
+    # -- weights-only persistence ----------------------------------------------
+    def _fitted_metadata(self):
+        meta = {"classes_": self.classes_.tolist(), "n_features_in_": int(self.n_features_in_)}
+        for name in self._saved_tuple_attributes:
+            value = getattr(self, name)
+            meta[name] = None if value is None else list(value)
+        if hasattr(self, "feature_names_in_"):
+            meta["feature_names_in_"] = self.feature_names_in_.tolist()
+        return meta
+
+    def _restore_metadata(self, meta):
+        self.classes_ = np.asarray(meta["classes_"])
+        self.n_features_in_ = meta["n_features_in_"]
+        for name in self._saved_tuple_attributes:
+            setattr(self, name, None if meta[name] is None else tuple(meta[name]))
+        if "feature_names_in_" in meta:
+            self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
+
+    def __getstate__(self):
+        # keep_optimizer_state applies to the pickle even when set after fit
+        if "net_" in vars(self):
+            self.net_.keep_optimizer_state = bool(self.keep_optimizer_state)
+        return super().__getstate__()
+
+    def save_params(self, path):
+        """Save the fitted weights and what is needed to rebuild them.
+
+        A ``.safetensors`` path uses safetensors (needs the ``safetensors``
+        package); any other path a torch file that loads with
+        ``weights_only=True``. Neither runs code when loaded, unlike a pickle.
+        The optimizer state and the LPIPS trunk are not saved.
+        """
+        check_is_fitted(self)
+        state = {k: v.detach().cpu().contiguous()
+                 for k, v in self.net_.module_.state_dict().items()}
+        meta = {"estimator": type(self).__name__, "seed": str(self.net_.seed),
+                "fitted": json.dumps(self._fitted_metadata())}
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import save_file
+
+            save_file(state, str(path), metadata=meta)
+        else:
+            torch.save({"state_dict": state, "metadata": meta}, path)
+        return self
+
+    def load_params(self, path):
+        """Rebuild a fitted estimator from :meth:`save_params` output.
+
+        Call it on an estimator constructed with the same parameters as the
+        saved one; returns ``self``, ready to transform / predict.
+        """
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata()
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            state, meta = saved["state_dict"], saved["metadata"]
+        if meta.get("estimator") != type(self).__name__:
+            raise ValueError(
+                f"{path} holds a {meta.get('estimator')}, not a {type(self).__name__}; "
+                "load it with that class.")
+        with self._all_or_nothing():
+            self.__dict__.pop("feature_names_in_", None)
+            self._restore_metadata(json.loads(meta["fitted"]))
+            net = self._new_net(int(meta["seed"]), resolve_device(self.device))
+            with seeded_global_rng(None, net.device):
+                net.initialize()
+            try:
+                net.module_.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"The weights in {path} do not fit this estimator's networks ({exc}). "
+                    "Construct the estimator with the parameters it was saved with."
+                ) from None
+            self.net_ = net
+        return self
