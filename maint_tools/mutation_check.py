@@ -1,0 +1,319 @@
+"""Mutation check: break the product on purpose and check that the tests notice.
+
+Each mutant below is a deliberate bug (one or more exact text replacements in
+``sklearn_cim/``) with the tests that should catch it. For each mutant the
+check copies ``sklearn_cim/``, ``tests/`` and ``pyproject.toml`` to a
+temporary folder, applies the replacements there (the working tree is never
+touched), and runs the named tests against the copy, in a process forked from
+this one (which imports torch and the other dependencies once; POSIX only). A mutant is *killed* when
+pytest reports a failing test (exit status 1); it *survives* when the tests
+pass. Anything else (a replacement text not found exactly once, a collection
+error) is an *error*: fix the mutant's text after a refactor.
+
+Run from the repository root (``.ci/run`` does, after the test suite has
+passed on the unmutated code, which every kill relies on)::
+
+    python maint_tools/mutation_check.py            # all mutants, 2 at a time
+    python maint_tools/mutation_check.py --list     # what would run
+    python maint_tools/mutation_check.py triplet-swapped hard-mining-ignored
+
+Exit status 0 when every mutant is killed, 1 otherwise.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before torch is imported: two mutants share the two cores, and idle OpenMP
+# threads must not spin.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    area: str
+    what: str
+    file: str  # under sklearn_cim/
+    edits: tuple  # ((old, new), ...): each old text must occur exactly once
+    tests: tuple  # pytest node ids (relative to tests/) that must fail
+
+
+def _m(name, area, what, file, edits, *tests):
+    return Mutant(name, area, what, file, tuple(edits), tuple(tests))
+
+
+MUTANTS = [
+    # -- the objective ---------------------------------------------------------------
+    _m("triplet-swapped", "objective",
+       "positives and negatives swapped: training pulls psi towards the other class",
+       "_objective.py",
+       [("d_pos = metric.between(anchor, metric.take(pairs, pos))",
+         "d_pos = metric.between(anchor, metric.take(pairs, neg))"),
+        ("d_neg = metric.between(anchor, metric.take(pairs, neg))",
+         "d_neg = metric.between(anchor, metric.take(pairs, pos))")],
+       "test_promises.py::test_triplet_term_pulls_psi_towards_its_class"),
+    _m("margin-sign", "objective", "the margin subtracted instead of added",
+       "_triplet.py",
+       [("torch.relu(d_pos - d_neg + margin)", "torch.relu(d_pos - d_neg - margin)")],
+       "test_promises.py::test_margin_shifts_the_triplet_loss"),
+    _m("classifier-weight-ignored", "objective", "classifier_weight not applied to the CE",
+       "_objective.py",
+       [('terms["ce"] = (obj.classifier_weight,', 'terms["ce"] = (1.0,')],
+       "test_promises.py::test_loss_weights_enter_the_trained_loss"),
+    _m("triplet-weight-ignored", "objective", "triplet_weight not applied",
+       "_objective.py",
+       [('terms["triplet"] = (obj.triplet_weight,', 'terms["triplet"] = (1.0,')],
+       "test_promises.py::test_loss_weights_enter_the_trained_loss"),
+    _m("head-kl-weight", "objective", "the vib head's KL weighted by head_beta alone",
+       "_objective.py",
+       [("(obj.classifier_weight * obj.head_beta, gaussian_kl", "(obj.head_beta, gaussian_kl")],
+       "test_promises.py::test_loss_weights_enter_the_trained_loss"),
+    _m("distance-ignored", "objective", "the triplet term always measures l2",
+       "_objective.py",
+       [("self.metric = make_distance(*key[:2]).to(self.device)",
+         "self.metric = make_distance('l2', False).to(self.device)")],
+       "test_promises.py::test_distance_is_what_the_triplet_term_measures"),
+    # -- mining --------------------------------------------------------------------------
+    _m("hard-mining-ignored", "mining", "fit always mines at random, whatever mining says",
+       "_objective.py",
+       [("y, obj.mining, generator=self.generator, pairwise=pairwise)",
+         'y, "random", generator=self.generator, pairwise=pairwise)')],
+       "test_promises.py::test_hard_mining_draws_harder_triplets_than_random"),
+    _m("hard-mining-nearest-positive", "mining",
+       "hard mining takes the nearest positive and the farthest negative",
+       "_triplet.py",
+       [("pos_scores, neg_scores = pairwise, -pairwise",
+         "pos_scores, neg_scores = -pairwise, pairwise")],
+       "test_promises.py::test_hard_mining_draws_harder_triplets_than_random"),
+    _m("pair-transform-ignored", "mining", "pair_transform ignored inside fit",
+       "_objective.py",
+       [("pairs = [e.detach() for e in anchor] if obj.pair_transform else originals",
+         "pairs = originals"),
+        ("need_originals = not obj.pair_transform or", "need_originals = True or")],
+       "test_promises.py::test_pair_transform_chooses_what_psi_is_compared_with"),
+    _m("pair-transform-not-detached", "mining",
+       "pair_transform lets the gradient flow through the pairs",
+       "_objective.py",
+       [("pairs = [e.detach() for e in anchor] if", "pairs = list(anchor) if")],
+       "test_promises.py::test_pair_transform_chooses_what_psi_is_compared_with"),
+    # -- masks and groups --------------------------------------------------------------
+    _m("mask-penalty-detached", "masks", "the mask_weight penalty has no gradient",
+       "_objective.py",
+       [('terms["mask"] = (obj.mask_weight, mask.mean())',
+         'terms["mask"] = (obj.mask_weight, mask.mean().detach())')],
+       "test_promises.py::test_mask_weight_lowers_the_mask"),
+    _m("mask-threshold-ignored", "masks", "transform never cuts dimmed pixels",
+       "_cim.py",
+       [("m = m * (m >= threshold)", "m = m")],
+       "test_groups.py::test_mask_threshold_zeroes_dimmed_pixels"),
+    _m("psi-is-x", "masks", "transform returns the input unmasked",
+       "_cim.py",
+       [("def psi(u):\n", "def psi(u):\n            return u\n")],
+       "test_cim.py::test_layouts_masks_and_psi"),
+    _m("groups-ignored", "groups", "fit drops the groups: the paper's objective only",
+       "_cim.py",
+       [("return self._fit_images(X, y, warm=self._continues(), groups=groups)",
+         "return self._fit_images(X, y, warm=self._continues(), groups=None)")],
+       "test_effect.py::test_group_cim_dims_the_nuisance_and_makes_a_linear_model_robust"),
+    _m("group-weighting-ignored", "groups", "the head's CE is never balanced over the cells",
+       "_objective.py",
+       [("if rows is None or self.sample_weights is None:", "if True:")],
+       "test_groups.py::test_balanced_cross_entropy_uses_the_weights",
+       "test_promises.py::test_group_weighting_none_is_the_unweighted_head"),
+    _m("group-positives-same-group", "groups",
+       "bias-contrastive positives drawn from the anchor's own group",
+       "_groups.py",
+       [("return self._draw(self.by_class, y.long(), groups.long(), u)",
+         "return self._draw(self.by_group, groups.long(), y.long(), u)")],
+       "test_groups.py::test_group_triplets_contrast_across_groups"),
+    # -- VIB ---------------------------------------------------------------------------
+    _m("vib-beta-ignored", "vib", "VIBClassifier's KL never weighted by beta",
+       "_vib.py",
+       [('"kl": (self.beta, gaussian_kl(mu, sigma))', '"kl": (0.0, gaussian_kl(mu, sigma))')],
+       "test_vib.py::test_kl_shrinks_as_beta_grows"),
+    _m("vib-one-training-draw", "vib", "n_train_samples ignored (one draw)",
+       "_vib.py",
+       [("self.module_.sample_logits(mu, sigma, self.generator, self.n_train_samples)",
+         "self.module_.sample_logits(mu, sigma, self.generator, 1)")],
+       "test_promises.py::test_n_train_samples_draws_that_many_codes"),
+    _m("vib-predict-no-noise", "vib", "predict_proba's draws forget sigma (n_test_samples moot)",
+       "_vib.py",
+       [("module.decode(mu.unsqueeze(0) + sigma.unsqueeze(0) * eps)",
+         "module.decode(mu.unsqueeze(0) + 0 * eps)")],
+       "test_vib.py::test_test_time_draws_are_averaged"),
+    # -- warm starts and persistence ---------------------------------------------------
+    _m("warm-restarts", "warm start",
+       "every warm fit / partial_fit restarts from fresh weights",
+       "_estimator.py",
+       [("epochs=epochs, initialize=not warm)", "epochs=epochs, initialize=True)")],
+       "test_promises.py::test_a_warm_fit_continues_the_fit_before"),
+    _m("optimizer-state-never-pickled", "persistence",
+       "keep_optimizer_state=True still leaves the optimizer out of the pickle",
+       "_net.py",
+       [('if not getattr(self, "keep_optimizer_state", True):', "if True:")],
+       "test_fast_path.py::test_pickles_leave_the_optimizer_state_out_unless_asked"),
+    _m("load-params-forgets-metadata", "persistence",
+       "load_params does not restore the fitted tuple attributes",
+       "_estimator.py",
+       [("setattr(self, name, None if meta[name] is None else tuple(meta[name]))", "pass")],
+       "test_persistence.py::test_save_and_load_params"),
+    # -- data placement and validation -------------------------------------------------
+    _m("labels-misaligned", "data placement", "each batch's labels taken in reverse order",
+       "_batching.py",
+       [("return xb, (None if self.y is None else self.y[idx])",
+         "return xb, (None if self.y is None else self.y[idx.flip(0)])")],
+       "test_cim.py::test_classifier_head_learns"),
+    _m("pixels-not-scaled", "data placement", "uint8 pixels not mapped to [0, 1]",
+       "_batching.py",
+       [("if low != 0.0 or high != 1.0:", "if False:")],
+       "test_validation.py::test_uint8_and_float_inputs_agree"),
+    _m("data-range-unchecked", "validation", "values outside data_range accepted",
+       "_validation.py",
+       [("if lo < low_x or hi > high_x:", "if False:")],
+       "test_bad_input.py", "test_validation.py::test_bad_inputs_get_clear_errors"),
+    _m("lpips-calibration-skipped", "distances", "LPIPS's calibration file never loaded",
+       "_distances.py",
+       [("    _load_calibration(model, trunk)\n", "")],
+       "test_distances.py::test_lpips_loads_the_shipped_calibration"),
+    _m("random-state-ignored", "seeding", "random_state ignored (every fit seeded alike)",
+       "_estimator.py",
+       [("seed = int(check_random_state(self.random_state).randint(",
+         "seed = int(check_random_state(0).randint(")],
+       "test_cim.py::test_random_state_gives_bitwise_equal_transforms"),
+]
+
+
+def _copy_tree(dest):
+    for name in ("sklearn_cim", "tests"):
+        shutil.copytree(ROOT / name, dest / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def _apply(mutant, dest):
+    path = dest / "sklearn_cim" / mutant.file
+    text = path.read_text()
+    for old, new in mutant.edits:
+        count = text.count(old)
+        if count != 1:
+            raise LookupError(f"{mutant.name}: {old!r} occurs {count} times in "
+                              f"sklearn_cim/{mutant.file} (expected once)")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def _child(mutant, dest, log):
+    """In a forked process: run the mutant's tests on the copy; never returns."""
+    rc = 3
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.chdir(dest)
+        sys.path.insert(0, str(dest))
+        import pytest
+
+        rc = pytest.main(["-x", "-q", "-p", "no:cacheprovider"]
+                         + ["tests/" + t for t in mutant.tests])
+        module = sys.modules.get("sklearn_cim")
+        if module is None or not module.__file__.startswith(str(dest)):
+            print(f"MUTATION-CHECK: the tests imported {module and module.__file__}")
+            rc = 3
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(rc))
+
+
+def _verdict(mutant, rc, output):
+    failed = re.findall(r"^FAILED (\S+)", output, re.M)
+    if rc == 1 and failed:
+        return "killed", failed[0]
+    if rc == 0:
+        return "survived", "all of " + ", ".join(mutant.tests) + " passed"
+    tail = " | ".join(output.strip().splitlines()[-4:])
+    return "error", f"pytest exit {rc}: {tail}"
+
+
+def run_mutants(mutants, jobs):
+    """Run each mutant in a process forked from this one, ``jobs`` at a time.
+
+    This process imports the heavy dependencies (torch, scikit-learn, skorch,
+    lpips) once, but never sklearn_cim: each child imports the mutated copy.
+    Returns {name: (status, detail, seconds)}.
+    """
+    import lpips  # noqa: F401
+    import pytest  # noqa: F401
+    import skorch  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import torch  # noqa: F401
+
+    assert "sklearn_cim" not in sys.modules
+    results, running, queue = {}, {}, list(mutants)
+    with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        while queue or running:
+            while queue and len(running) < jobs:
+                mutant = queue.pop(0)
+                dest = Path(tmp) / mutant.name
+                _copy_tree(dest)
+                try:
+                    _apply(mutant, dest)
+                except LookupError as exc:
+                    results[mutant.name] = ("error", str(exc), 0.0)
+                    continue
+                log = Path(tmp) / f"{mutant.name}.log"
+                pid = os.fork()
+                if pid == 0:
+                    _child(mutant, dest, log)
+                running[pid] = (mutant, log, time.perf_counter())
+            if running:
+                pid, status = os.wait()
+                mutant, log, start = running.pop(pid)
+                rc = os.waitstatus_to_exitcode(status)
+                status_, detail = _verdict(mutant, rc, log.read_text())
+                results[mutant.name] = (status_, detail, time.perf_counter() - start)
+                shutil.rmtree(Path(tmp) / mutant.name)
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants run at once (2)")
+    args = parser.parse_args(argv)
+    known = {m.name: m for m in MUTANTS}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        parser.error(f"unknown mutants {unknown}; see --list")
+    mutants = [known[n] for n in args.names] or MUTANTS
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:32s} {m.area:15s} {m.what}\n{'':48s}tests: {', '.join(m.tests)}")
+        return 0
+    start = time.perf_counter()
+    print(f"mutation check: {len(mutants)} mutants, {args.jobs} at a time", flush=True)
+    found = run_mutants(mutants, args.jobs)
+    results = [found[m.name] for m in mutants]
+    for m, (status, detail, seconds) in zip(mutants, results):
+        print(f"{status:8s} {m.name:32s} {seconds:5.1f}s  {detail}")
+    bad = [m.name for m, (status, _, _) in zip(mutants, results) if status != "killed"]
+    wall = time.perf_counter() - start
+    killed = len(mutants) - len(bad)
+    print(f"{killed}/{len(mutants)} mutants killed in {wall:.0f} s"
+          + (f"; not killed: {', '.join(bad)}" if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
