@@ -77,6 +77,8 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
 }
 html_show_sourcelink = False
+# Pages without sub-pages: no empty "Section Navigation" column.
+html_sidebars = {page: [] for page in ("index", "getting_started", "results", "citation", "api")}
 
 
 # -- Figures drawn from the committed benchmark results ----------------------

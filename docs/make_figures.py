@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "2026-12-03-cpu-nuisance-results.jsonl"
 PROVENANCE = (
     "2 CPU cores (x86_64), 2026-12-03; seeds 0, 1, 2; LPIPS-alex with a random trunk.\n"
-    "python benchmarks/run_nuisance_results.py --mnist ../shared/data/mnist "
-    "--out benchmarks/results/2026-12-03-cpu-nuisance-results.jsonl"
+    "python benchmarks/run_nuisance_results.py --mnist ../shared/data/mnist\n"
+    "    --out benchmarks/results/2026-12-03-cpu-nuisance-results.jsonl"
 )
 SPLITS = [("mnist", "corner"), ("mnist", "background"), ("digits", "background"),
           ("digits", "corner")]
@@ -60,7 +60,7 @@ def ood(rows, model, dataset, nuisance):
 
 
 def ood_figure(rows):
-    fig, axes = plt.subplots(2, 1, figsize=(10, 8.2), sharex=True,
+    fig, axes = plt.subplots(2, 1, figsize=(8, 9.5),
                              gridspec_kw={"height_ratios": [7, 4.5]})
     x = np.arange(len(SPLITS))
     for ax, (title, models) in zip(axes, PANELS):
@@ -80,9 +80,10 @@ def ood_figure(rows):
         ax.set_ylabel("OOD accuracy")
         ax.set_title(title, fontsize=10, loc="left")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    axes[-1].set_xticks(x, [f"{NAMES[d]} {n}" for d, n in SPLITS])
-    fig.suptitle("OOD accuracy, mean over 3 seeds (bars), one standard deviation "
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3,
+                  frameon=False)
+        ax.set_xticks(x, [f"{NAMES[d]} {n}" for d, n in SPLITS])
+    fig.suptitle("OOD accuracy: mean over 3 seeds (bars), one standard deviation\n"
                  "(error bars), each seed (dots)", fontsize=11)
     fig.text(0.01, 0.005, PROVENANCE, fontsize=7, family="monospace", va="bottom")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
