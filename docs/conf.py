@@ -38,7 +38,8 @@ extensions = [
 
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path = ["_templates"]
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 
 # -- autodoc / autosummary / numpydoc ---------------------------------------
 autosummary_generate = True
