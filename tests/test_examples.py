@@ -179,3 +179,15 @@ def test_grid_search_routes_groups_to_the_scorer(tmp_path, capsys):
     assert "best by worst-group accuracy" in printed
     # The example enables metadata routing only inside a config_context.
     assert sklearn.get_config()["enable_metadata_routing"] is False
+
+
+def test_grid_search_trunk_probe_needs_no_lucky_first_rows():
+    # The full (non --quick) run probes the pretrained trunk with a one-epoch fit
+    # before the search; that probe once took the first 8 images, which need not
+    # hold 2 of any class, and the triplet check failed with a ValueError instead
+    # of telling whether the trunk is available.
+    example = load_example("plot_grid_search_worst_group")
+    rng = np.random.RandomState(0)
+    X = rng.rand(12, 3 * 8 * 8).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 0, 1])  # no class twice in the first 8
+    assert example.pretrained_trunk_available(X, y, (3, 8, 8)) in (True, False)

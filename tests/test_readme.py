@@ -1,27 +1,84 @@
-"""README snippets run as written (tiny CPU settings swapped in for the defaults,
-which need the pretrained LPIPS trunk and minutes of training)."""
+"""README and documentation snippets run as written (tiny CPU settings swapped in
+for the defaults, which need the pretrained LPIPS trunk and minutes of training).
+
+Python blocks are taken from README.md (```python fences) and from the docs'
+reStructuredText pages (``.. code-block:: python``); each test picks one block by
+strings only it contains, so a block that changes its wording fails loudly here
+instead of silently going untested.
+"""
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
-BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
+README_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 TINY_CIM = ('CIMTransformer(image_shape=(3, 32, 32), distance="l2", max_epochs=1, '
             'batch_size=64, tn_width=4, tn_depth=1, head_width=4, device="cpu", '
             'random_state=0)')
 
 
-def _snippet(*needles):
-    (block,) = [b for b in BLOCKS if all(n in b for n in needles)]
-    return block.replace("CIMTransformer(image_shape=(3, 32, 32))", TINY_CIM)
+def _rst_blocks(text):
+    """Bodies of the ``.. code-block:: python`` directives of an rst page."""
+    blocks = []
+    for match in re.finditer(r"^( *)\.\. code-block:: python\n((?:\1 +\S.*\n|\s*\n)+)",
+                             text, re.M):
+        blocks.append(textwrap.dedent(match.group(2)).strip("\n") + "\n")
+    return blocks
+
+
+DOCS_BLOCKS = {path.relative_to(ROOT).as_posix(): _rst_blocks(path.read_text())
+               for path in sorted((ROOT / "docs").rglob("*.rst"))}
+
+
+def _tiny(block):
+    return re.sub(r"CIMTransformer\(image_shape=\(3, 32, 32\)(, max_epochs=\d+)?\)", TINY_CIM,
+                  block)
+
+
+def _snippet(blocks, *needles):
+    (block,) = [b for b in blocks if all(n in b for n in needles)]
+    assert TINY_CIM not in block
+    return _tiny(block)
+
+
+def _docs_snippet(page, *needles):
+    return _snippet(DOCS_BLOCKS[page], *needles)
+
+
+def test_rst_blocks_are_found():
+    # The parser must see the pages' python blocks, or the tests below test nothing.
+    assert len(DOCS_BLOCKS["docs/getting_started.rst"]) == 2
+    assert "GridSearchCV(pipe" in DOCS_BLOCKS["docs/user_guide/vib.rst"][0]
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs():
+    scope = {}
+    exec(_snippet(README_BLOCKS, "make_colored_digits", "cim__groups"), scope)
+    d, pipe = scope["d"], scope["pipe"]
+    cim = pipe.named_steps["cim"]
+    assert cim.group_aware_ and cim.distance == "l2"  # the tiny settings were swapped in
+    assert scope["m"].shape == (len(d.X_test_ood), 32 * 32)
+    assert 0 <= scope["m"].min() and scope["m"].max() <= 1
 
 
 def test_vib_snippet_runs():
     scope = {}
-    exec(_snippet("VIBClassifier", "GridSearchCV(pipe"), scope)
+    exec(_docs_snippet("docs/user_guide/vib.rst", "VIBClassifier", "GridSearchCV(pipe"), scope)
     assert scope["search"].estimator is scope["pipe"]
+    assert scope["pipe"].named_steps["cim"].distance == "l2"
+
+
+@pytest.mark.slow
+def test_getting_started_snippet_runs(capsys):
+    scope = {}
+    exec(_docs_snippet("docs/getting_started.rst", "make_colored_digits", "print("), scope)
+    assert scope["pipe"].named_steps["cim"].group_aware_
+    assert "OOD accuracy:" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -32,7 +89,8 @@ def test_datasets_snippet_runs(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)  # the snippet saves masks.png
     scope = {}
-    exec(_snippet("make_colored_digits", "plot_masks"), scope)
+    exec(_docs_snippet("docs/user_guide/data_and_metrics.rst", "make_colored_digits",
+                       "plot_masks"), scope)
     assert (tmp_path / "masks.png").exists()
     assert len(scope["pipe"].predict(scope["flat"](scope["d"].X_test_ood))) == len(
         scope["d"].y_test)
