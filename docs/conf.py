@@ -79,7 +79,8 @@ html_theme_options = {
 }
 html_show_sourcelink = False
 # Pages without sub-pages: no empty "Section Navigation" column.
-html_sidebars = {page: [] for page in ("index", "getting_started", "results", "citation", "api")}
+html_sidebars = {page: [] for page in ("index", "getting_started", "results", "citation", "api",
+                                         "development")}
 
 
 # -- Figures drawn from the committed benchmark results ----------------------
