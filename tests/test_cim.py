@@ -168,6 +168,8 @@ def test_joblib_round_trip_and_no_lpips_in_pickle(images, tiny, tmp_path):
     assert path.stat().st_size < trunk_bytes / 4
 
 
+# skorch says it moved the net to the CPU: what this test asks of it
+@pytest.mark.filterwarnings("ignore:Setting self.device = cpu:UserWarning")
 def test_cuda_fitted_model_loads_on_cpu(images, tiny, monkeypatch):
     """Simulate a model pickled on a CUDA machine and loaded on a CPU-only one."""
     X, y = images

@@ -187,6 +187,8 @@ def test_joblib_roundtrip(blobs, tmp_path):
     np.testing.assert_array_equal(loaded.transform(X), clf.transform(X))
 
 
+# skorch says it moved the net to the CPU: what this test asks of it
+@pytest.mark.filterwarnings("ignore:Setting self.device = cpu:UserWarning")
 def test_cuda_fitted_model_loads_on_cpu(blobs, tmp_path, monkeypatch):
     """Simulate a model pickled on a CUDA machine and loaded on a CPU-only one."""
     X, y = blobs
