@@ -5,10 +5,11 @@ Each mutant below is a deliberate bug (one or more exact text replacements in
 check copies ``sklearn_cim/``, ``tests/`` and ``pyproject.toml`` to a
 temporary folder, applies the replacements there (the working tree is never
 touched), and runs the named tests against the copy, in a process forked from
-this one (which imports torch and the other dependencies once; POSIX only). A mutant is *killed* when
-pytest reports a failing test (exit status 1); it *survives* when the tests
-pass. Anything else (a replacement text not found exactly once, a collection
-error) is an *error*: fix the mutant's text after a refactor.
+this one (which imports torch and the other dependencies once; POSIX only). A
+mutant is *killed* when pytest reports a failing test (exit status 1); it
+*survives* when the tests pass. Anything else (a replacement text not found
+exactly once, a collection error) is an *error*: fix the mutant's text after a
+refactor.
 
 Run from the repository root (``.ci/run`` does, after the test suite has
 passed on the unmutated code, which every kill relies on)::
@@ -74,6 +75,12 @@ MUTANTS = [
        "_objective.py",
        [('terms["triplet"] = (obj.triplet_weight,', 'terms["triplet"] = (1.0,')],
        "test_promises.py::test_loss_weights_enter_the_trained_loss"),
+    _m("ce-at-weight-zero", "objective",
+       "classifier_weight=0 still trains the head on the CE",
+       "_objective.py",
+       [('        if obj.classifier_weight > 0:\n            terms["ce"] = (obj.classifier_weight,',
+         '        if True:\n            terms["ce"] = (1.0,')],
+       "test_promises.py::test_classifier_weight_zero_leaves_the_head_untrained"),
     _m("head-kl-weight", "objective", "the vib head's KL weighted by head_beta alone",
        "_objective.py",
        [("(obj.classifier_weight * obj.head_beta, gaussian_kl", "(obj.head_beta, gaussian_kl")],
@@ -198,6 +205,11 @@ MUTANTS = [
        "_batching.py",
        [("if low != 0.0 or high != 1.0:", "if False:")],
        "test_validation.py::test_uint8_and_float_inputs_agree"),
+    _m("image-shape-ignored", "validation", "image_shape ignored: rows always inferred",
+       "_cim.py",
+       [("validate_images(self, X, y, image_shape=self.image_shape,",
+         "validate_images(self, X, y, image_shape=None,")],
+       "test_promises.py::test_image_shape_sets_the_layout_of_rows"),
     _m("data-range-unchecked", "validation", "values outside data_range accepted",
        "_validation.py",
        [("if lo < low_x or hi > high_x:", "if False:")],
@@ -275,8 +287,8 @@ def run_mutants(mutants, jobs):
     """
     import lpips  # noqa: F401
     import pytest  # noqa: F401
-    import skorch  # noqa: F401
     import sklearn.linear_model  # noqa: F401
+    import skorch  # noqa: F401
     import torch  # noqa: F401
 
     assert "sklearn_cim" not in sys.modules

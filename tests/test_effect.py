@@ -56,7 +56,8 @@ def measure(seed, groups_known=True):
     cim.fit(X, y, groups=groups if groups_known else None)
     masks = cim.masks(X_test)[:, 0]
     bar = np.mean([masks[i][BAR[label]].mean() for i, label in enumerate(y_test)])
-    return dict(raw=lr_accuracy(X, X_test), psi=lr_accuracy(cim.transform(X), cim.transform(X_test)),
+    return dict(raw=lr_accuracy(X, X_test),
+                psi=lr_accuracy(cim.transform(X), cim.transform(X_test)),
                 patch=float(masks[:, PATCH[0], PATCH[1]].mean()), bar=float(bar))
 
 

@@ -139,7 +139,8 @@ def test_host_reads_do_not_grow_with_the_number_of_batches(estimator, monkeypatc
     for batch_size in (48, 8):  # 2 and 12 batches per epoch
         if estimator == "cim":
             est = CIMTransformer(distance="lpips-alex", pretrained=False, mining="hard",
-                                 image_shape=(3, 8, 8), max_epochs=2, batch_size=batch_size, tn_width=4, tn_depth=1,
+                                 image_shape=(3, 8, 8), max_epochs=2, batch_size=batch_size,
+                                 tn_width=4, tn_depth=1,
                                  head_width=4, device="cpu", random_state=0)
         else:
             est = VIBClassifier(latent_dim=4, hidden_layer_sizes=(8,), max_epochs=2,
