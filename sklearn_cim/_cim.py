@@ -31,8 +31,8 @@ from ._validation import (
 # split by concept; pickles written then name them ``sklearn_cim._cim.<name>``,
 # and the imports above keep those names resolving (tests/test_old_pickles.py).
 
-# Training masks checked for a collapse after fit, and the share of pixels
-# under which the mask counts as cutting everything.
+# Training images checked for a collapsed mask after fit, and the share of
+# mask values under which the mask counts as cutting everything.
 _COLLAPSE_CHECK_ROWS = 256
 _COLLAPSE_KEPT = 0.005
 
@@ -123,8 +123,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         At ``transform`` (and in :meth:`masks`), mask values below it become
         exactly 0, so dimmed pixels carry nothing; training uses the soft mask.
         ``"auto"``: None (no cut) for the paper's objective, 0.2 with groups.
-        When the cut leaves under 0.5 % of the pixels of the training images
-        (the first 256 are checked after each fit), ``fit`` warns
+        When the cut leaves under 0.5 % of the mask values of the training
+        images (up to 256 images spread over X are checked after each ``fit``;
+        not after ``partial_fit``), ``fit`` warns
         (``ConvergenceWarning``): the mask collapsed and psi(x) is all but zero.
     group_weighting : {"balanced", "none"}, default="balanced"
         With groups: weight the head's cross-entropy so that every (class,
@@ -499,8 +500,18 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
 
     def _fit_images(self, X, y, *, warm, epochs=None, classes=None, groups=None):
         with self._all_or_nothing():
-            return self._fit_checked(X, y, warm=warm, epochs=epochs, classes=classes,
+            kept = self._fit_checked(X, y, warm=warm, epochs=epochs, classes=classes,
                                      groups=groups)
+        # after the fitted state is set: a warning turned into an error does not
+        # undo a finished fit
+        if kept is not None and kept < _COLLAPSE_KEPT:
+            warnings.warn(
+                f"After mask_threshold={self._mask_threshold()}, the mask keeps {kept:.1%} of "
+                "the pixels of the training images: psi(x) is (nearly) all zero and a "
+                "downstream model will predict one class. The mask penalty won before the "
+                "classifier head learned the classes; try a lower mask_weight or lr, a larger "
+                "batch_size, or mask_threshold=0.", ConvergenceWarning, stacklevel=3)
+        return self
 
     def _fit_checked(self, X, y, *, warm, epochs, classes, groups):
         self._check_params()
@@ -536,25 +547,19 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             # and draws bias-contrastive pairs across the training set
             y_enc = np.stack([y_enc, group_codes, np.arange(len(y_enc))], axis=1)
         self._train(X, y_enc, warm=warm, epochs=epochs)
-        self._warn_if_the_mask_cuts_everything(X)
-        return self
+        if epochs is None:  # fit, not partial_fit (called in loops: no extra pass each time)
+            return self._share_kept(X, shape, input_range)
+        return None
 
-    def _warn_if_the_mask_cuts_everything(self, X):
-        """ConvergenceWarning when, after ``mask_threshold``, the masks of the
-        training images (up to the first ``_COLLAPSE_CHECK_ROWS``) keep under
-        ``_COLLAPSE_KEPT`` of the pixels: psi(x) is (nearly) all zero, so a
-        downstream model can only predict one class. It happens when the mask
-        penalty wins before the head has learned the classes."""
+    def _share_kept(self, X, shape, input_range):
+        """Share of the mask values that ``mask_threshold`` keeps (> 0) on up to
+        ``_COLLAPSE_CHECK_ROWS`` training images spread over X, or None without a
+        cut (a soft mask still carries the image, however dim). Near 0, psi(x) is
+        all but zero: the mask penalty won before the head learned the classes."""
         if self._mask_threshold() is None:
-            return  # a soft mask still carries the image, however dim
-        kept = float(np.mean(self.masks(X[:_COLLAPSE_CHECK_ROWS]) > 0))
-        if kept < _COLLAPSE_KEPT:
-            warnings.warn(
-                f"After mask_threshold={self._mask_threshold()}, the mask keeps {kept:.1%} of "
-                "the pixels of the training images: psi(x) is (nearly) all zero and a "
-                "downstream model will predict one class. The mask penalty won before the "
-                "classifier head learned the classes; try a lower mask_weight or lr, a larger "
-                "batch_size, or mask_threshold=0.", ConvergenceWarning, stacklevel=5)
+            return None
+        rows = X[::max(1, len(X) // _COLLAPSE_CHECK_ROWS)][:_COLLAPSE_CHECK_ROWS]
+        return float(np.mean(self._apply_validated(rows, shape, input_range, "kept")))
 
     def _training_groups(self, X, y_enc, groups, input_range, warm):
         """Integer group codes for the objective: the given groups, inferred
@@ -644,6 +649,18 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         check_is_fitted(self)
         X, _, shape, was_4d = validate_images(self, X, reset=False)
         input_range = input_range_of(X, check_data_range(self.data_range))
+        out = self._apply_validated(X, shape, input_range, what)
+        if out is None:  # no rows
+            out = np.empty((0,) + tuple(shape), np.float32)
+        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
+        out = out.astype(dtype, copy=False)
+        if was_4d:
+            return out
+        return out.reshape(len(out), -1)
+
+    def _apply_validated(self, X, shape, input_range, what):
+        """psi(X) ("psi"), the masks ("mask") or each row's share of kept mask
+        values ("kept", reduced on the device) of validated 2-D X, float32."""
         net = self.net_
         module = net.module_
         module.eval()
@@ -666,14 +683,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             # The product with X in float32: only the mask carries bf16 rounding.
             return low + (high - low) * (mask(u) * u)
 
-        fn = psi if what == "psi" else mask
-        out = batched_apply(fn, X, input_range=input_range, image_shape=shape, device=self.device_,
-                            chunk=chunk, channels_last=net.channels_last,
-                            precision=precision)
-        if out is None:  # no rows
-            out = np.empty((0,) + tuple(shape), np.float32)
-        dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
-        out = out.astype(dtype, copy=False)
-        if was_4d:
-            return out
-        return out.reshape(len(out), -1)
+        def kept(u):
+            return (mask(u) > 0).float().flatten(1).mean(1)
+
+        fn = {"psi": psi, "mask": mask, "kept": kept}[what]
+        return batched_apply(fn, X, input_range=input_range, image_shape=shape,
+                             device=self.device_, chunk=chunk,
+                             channels_last=net.channels_last, precision=precision)

@@ -83,7 +83,7 @@ DEVICE_DATA_FRACTION = 0.25
 
 
 def place_training_data(X, device, *, pixels=True):
-    """The training set as :class:`IndexBatches` reads it.
+    """The training set as :class:`~sklearn_cim._batching.IndexBatches` reads it.
 
     On CUDA, a device tensor (uint8 kept as uint8, else float32) when that
     takes at most :data:`DEVICE_DATA_FRACTION` of the free device memory.
@@ -127,5 +127,4 @@ def move_net(net, device):
         for key, value in state.items():
             if torch.is_tensor(value):
                 state[key] = value.to(device)
-    for name in ("batch_generator", "loss_generator"):
-        net.__dict__.pop(name, None)
+    net.reset_generators()  # generators live on a device

@@ -189,6 +189,12 @@ class TorchNet(NeuralNet):
             self.loss_generator = self.make_generator(1, per_process=True)
         return self.loss_generator
 
+    def reset_generators(self):
+        """Forget the batch-order and loss generators: the next use draws them
+        anew from ``seed`` and the epochs done (on the net's current device)."""
+        self.__dict__.pop("batch_generator", None)
+        self.__dict__.pop("loss_generator", None)
+
     # -- loss -----------------------------------------------------------------
     def loss_terms(self, y_pred, y_true, X):
         raise NotImplementedError
@@ -303,9 +309,7 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
         # left by a fit that raised: a wrapper (DDP of an old group) and frozen parameters
         net.__dict__.pop("step_module", None)
         net.thaw_parameters()
-        for name in ("batch_generator", "loss_generator"):
-            # a retry, or a continuation, starts the streams its seed gives
-            net.__dict__.pop(name, None)
+        net.reset_generators()  # a retry, or a continuation, starts the streams its seed gives
         try:
             net.partial_fit(X, y, epochs=epochs - (len(net.history) - start))
             break

@@ -16,6 +16,9 @@ from torch import nn
 # sigma = softplus(raw - SIGMA_SHIFT): the encoder starts nearly deterministic
 # (sigma ~ 0.007), as in Alemi et al.
 SIGMA_SHIFT = 5.0
+# Floor under sigma inside log(sigma) only, so that the KL stays finite (and
+# beta=0 gives no 0 * inf) if sigma underflows to 0 in float32.
+_MIN_SIGMA = 1e-30
 # Output bias of the mask net: sigmoid(2) ~ 0.88, so psi(x) starts close to x.
 MASK_INIT_LOGIT = 2.0
 
@@ -159,6 +162,12 @@ class NuisanceAdversary(nn.Module):
 
     def forward(self, psi):
         return self.linear(reverse_gradient(psi).flatten(1))
+
+
+def gaussian_kl(mu, sigma):
+    """KL(N(mu, diag sigma^2) || N(0, I)): sum over latent dims, batch mean."""
+    log_var = 2.0 * torch.log(sigma.clamp_min(_MIN_SIGMA))
+    return 0.5 * (mu.square() + sigma.square() - 1.0 - log_var).sum(-1).mean()
 
 
 class VIBModule(nn.Module):

@@ -18,9 +18,9 @@ from ._devices import native_rows
 from ._distances import make_distance
 from ._groups import PairTable, balanced_weights
 from ._net import TorchNet
+from ._networks import gaussian_kl
 from ._seeding import seeded_global_rng
 from ._triplet import mine_triplets, mining_distances, triplet_loss
-from ._vib import gaussian_kl
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class CIMObjective:
 
 
 class CIMNet(TorchNet):
-    """skorch net training :class:`CIMModule` on the CIM objective.
+    """skorch net training :class:`~sklearn_cim._networks.CIMModule` on the CIM objective.
 
     The perceptual metric is built on first use, kept outside skorch's module
     registry (so it is never optimised, never switched to train mode and never

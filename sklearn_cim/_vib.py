@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._batching import batched_apply
 from ._estimator import TorchEstimatorMixin
 from ._net import TorchNet
-from ._networks import VIBModule
+from ._networks import VIBModule, gaussian_kl
 from ._validation import (
     check_number,
     encode_labels,
@@ -30,20 +30,11 @@ from ._validation import (
 # then name it ``sklearn_cim._vib.VIBModule``, which the import above keeps
 # resolving (tests/test_old_pickles.py).
 
-# Floor under sigma inside log(sigma) only, so that the KL stays finite (and
-# beta=0 gives no 0 * inf) if sigma underflows to 0 in float32.
-_MIN_SIGMA = 1e-30
 # Activation budget (elements) of one inference chunk.
 _INFER_BUDGET = 2 ** 24
 # Offset of the test-time generator (TorchNet uses 0 for batches, 1 for loss).
 _PREDICT_STREAM = 2
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def gaussian_kl(mu, sigma):
-    """KL(N(mu, diag sigma^2) || N(0, I)): sum over latent dims, batch mean."""
-    log_var = 2.0 * torch.log(sigma.clamp_min(_MIN_SIGMA))
-    return 0.5 * (mu.square() + sigma.square() - 1.0 - log_var).sum(-1).mean()
 
 
 class VIBNet(TorchNet):

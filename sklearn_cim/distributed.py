@@ -43,16 +43,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-# Public names of this module before the collectives moved to _collectives
-# (``world`` tells whether an estimator would train data-parallel).
-from ._collectives import (  # noqa: F401
-    all_reduce_sum,
-    broadcast_int,
-    check_agreement,
-    check_distributed,
-    local_device,
-    world,
-)
+# ``world`` tells whether an estimator would train data-parallel; the other
+# collectives are private (_collectives).
+from ._collectives import world
 
 __all__ = ["fit_distributed", "world"]
 

@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
 
 from sklearn_cim import CIMTransformer
 from sklearn_cim._groups import PairTable, balanced_weights, cell_codes, check_groups
@@ -328,3 +329,26 @@ def test_a_mask_that_cuts_every_pixel_warns(nuisance_images, tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         CIMTransformer(**tiny).fit(X, y, groups=groups)
+
+
+def test_the_collapse_check_neither_undoes_a_fit_nor_misreads_its_input(nuisance_images, tiny):
+    """The check runs on the validated training rows (no feature-name warning
+    for a DataFrame), after the fitted state is set (a warning filtered into an
+    error leaves the finished fit in place), and not after partial_fit."""
+    pd = pytest.importorskip("pandas")
+    X, y, groups = nuisance_images
+    frame = pd.DataFrame(X.reshape(len(X), -1)).add_prefix("px")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CIMTransformer(**tiny, image_shape=(3, 8, 8)).fit(frame, y, groups=groups)
+    # a cut no sigmoid mask reaches: nothing is kept, whatever the training
+    cim = CIMTransformer(**tiny, mask_threshold=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning, match="keeps 0.0%"):
+            cim.fit(X, y, groups=groups)
+    check_is_fitted(cim)  # the finished fit is kept, not rolled back
+    assert len(cim.history_) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        cim.partial_fit(X, y, groups=groups)

@@ -11,7 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_cim import VIBClassifier
-from sklearn_cim._vib import gaussian_kl
+from sklearn_cim._networks import gaussian_kl
 
 # Small, fast CPU settings; tests override what they exercise.
 FAST = dict(
