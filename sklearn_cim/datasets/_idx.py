@@ -130,7 +130,7 @@ def load_colored_mnist(root, *, nuisance="background", p_train=0.95, shift="rand
     ----------
     root : str or path-like
         Directory holding the idx files.
-    nuisance : {"background", "corner", "none"}, default="background"
+    nuisance : {"background", "corner", "mark", "none"}, default="background"
         See :func:`add_nuisance`.
     p_train : float in [0, 1], default=0.95
         Probability that the nuisance agrees with the label in the training and

@@ -17,7 +17,7 @@ PALETTE = np.array([
 ], dtype=np.float32)
 PALETTE.flags.writeable = False
 
-NUISANCES = ("background", "corner", "none")
+NUISANCES = ("background", "corner", "mark", "none")
 SHIFTS = ("random", "reversed")
 _CLEAN_GREY = 0.5
 
@@ -58,14 +58,55 @@ def _check_grey(grey, y):
     return grey, y.astype(np.int64)
 
 
-def _render(grey, nuisance, index):
+def mark_side(image_side):
+    """Side of the ``"mark"`` nuisance's square for images of this side."""
+    return max(2, image_side // 5)
+
+
+#: Largest grey value under a ``"mark"``: it is placed off the digit.
+_MARK_OFF_OBJECT = 0.05
+
+
+def _mark_positions(grey, rng):
+    """Top-left corner (row, column) of a mark per image, uniform over the
+    positions whose square lies on dark pixels (the digit's darkest square when
+    there is none)."""
+    side = mark_side(grey.shape[-1])
+    t = torch.from_numpy(np.ascontiguousarray(grey))[:, None]
+    # the brightest pixel under each possible square
+    under = F.max_pool2d(t, side, stride=1)[:, 0].numpy()
+    n, rows, cols = under.shape
+    free = under <= _MARK_OFF_OBJECT
+    none = ~free.reshape(n, -1).any(1)
+    if none.any():
+        darkest = under[none].reshape(int(none.sum()), -1).min(1)
+        free[none] = under[none] <= darkest[:, None, None]
+    # a uniform draw among the free positions: the argmax of uniform scores
+    scores = np.where(free.reshape(n, -1), rng.rand(n, rows * cols), -1.0)
+    flat = scores.argmax(1)
+    return flat // cols, flat % cols
+
+
+def _render(grey, nuisance, index, positions=None):
     """Images (n, 3, H, W) for ``nuisance``; ``index=None`` means without the nuisance."""
     g = grey[:, None]
-    if nuisance == "corner":
+    if nuisance in ("corner", "mark"):
         X = np.repeat(g, 3, axis=1)
-        if index is not None:
+        if index is None:
+            return X
+        colours = PALETTE[index][:, :, None, None]
+        if nuisance == "corner":
             side = max(1, grey.shape[1] // 5)
-            X[:, :, :side, :side] = PALETTE[index][:, :, None, None]
+            X[:, :, :side, :side] = colours
+            return X
+        side = mark_side(grey.shape[-1])
+        rows, cols = positions
+        window = np.arange(side)
+        r = (rows[:, None] + window)[:, :, None]
+        c = (cols[:, None] + window)[:, None, :]
+        images = np.arange(len(X))[:, None, None]
+        for channel in range(3):
+            X[images, channel, r, c] = colours[:, channel]
         return X
     if index is None:
         colours = np.full((1, 3, 1, 1), _CLEAN_GREY, dtype=np.float32)
@@ -88,11 +129,15 @@ def add_nuisance(grey, y, *, nuisance="background", p_agree=0.95, shift="random"
         Grey images in [0, 1], digit bright on a dark background.
     y : array-like of shape (n_samples,)
         Non-negative integer labels.
-    nuisance : {"background", "corner", "none"}, default="background"
+    nuisance : {"background", "corner", "mark", "none"}, default="background"
         ``"background"``: a white digit on a coloured background,
         ``g + (1 - g) * colour``. ``"corner"``: the grey digit on all three
         channels plus a coloured square (side ``max(1, H // 5)``) in the
-        top-left corner. ``"none"`` (the oracle's data): a white digit on a
+        top-left corner. ``"mark"``: the grey digit plus a small coloured
+        square (side ``max(2, H // 5)``, as the corner patch) at a position drawn uniformly among
+        those where the digit is dark (grey <= 0.05): a shortcut that moves,
+        which a linear model on pixels barely reads and a CNN does.
+        ``"none"`` (the oracle's data): a white digit on a
         mid-grey (0.5) background for every image, nuisance index 0.
     p_agree : float in [0, 1], default=0.95
         Probability that the nuisance index is the label's.
@@ -140,7 +185,8 @@ def add_nuisance(grey, y, *, nuisance="background", p_agree=0.95, shift="random"
     index = np.where(agree, y % n_nuisances, other).astype(np.int64)
     if nuisance == "none":
         return _render(grey, "background", None), np.zeros(n, dtype=np.int64)
-    return _render(grey, nuisance, index), index
+    positions = _mark_positions(grey, rng) if nuisance == "mark" else None
+    return _render(grey, nuisance, index, positions), index
 
 
 def agreement_groups(y, groups, n_nuisances=10):
@@ -220,7 +266,7 @@ def make_colored_digits(*, nuisance="background", p_train=0.95, shift="random",
 
     Parameters
     ----------
-    nuisance : {"background", "corner", "none"}, default="background"
+    nuisance : {"background", "corner", "mark", "none"}, default="background"
         See :func:`add_nuisance`.
     p_train : float in [0, 1], default=0.95
     shift : {"random", "reversed"}, default="random"
@@ -239,7 +285,7 @@ def make_colored_digits(*, nuisance="background", p_train=0.95, shift="random",
         ``groups_test_id`` (in distribution); ``X_test_ood``,
         ``groups_test_ood``; ``y_test`` (labels of both test sets);
         ``X_train_clean``, ``X_test_clean`` (no nuisance: mid-grey background,
-        or no corner patch); ``nuisance``, ``p_train``, ``shift``, ``DESCR``.
+        or no corner patch or mark); ``nuisance``, ``p_train``, ``shift``, ``DESCR``.
         Images are float32 ``(n, 3, image_size, image_size)`` in [0, 1];
         ``groups = y * 10 + colour index`` (class x nuisance).
 
