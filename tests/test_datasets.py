@@ -245,6 +245,29 @@ def test_make_colored_digits_corner():
     assert not np.allclose(data.X_train[:, :, :side, :side], clean[:, :, :side, :side])
 
 
+def test_marks_are_squares_of_the_nuisance_colour_off_the_digit_at_many_places():
+    data = make_colored_digits(nuisance="mark", image_size=20, test_size=0.5)
+    side = 20 // 5
+    X, clean, colour = data.X_train, data.X_train_clean, data.groups_train % 10
+    marked = np.abs(X - clean).max(axis=1) > 0
+    corners, under = [], []
+    for i in range(len(X)):
+        rows, cols = np.nonzero(marked[i])
+        r, c = rows.min(), cols.min()
+        corners.append((r, c))
+        # one side x side square (a mark colour may match a dark pixel's grey: at most)
+        assert rows.max() < r + side and cols.max() < c + side
+        np.testing.assert_allclose(X[i, :, r:r + side, c:c + side],
+                                   np.broadcast_to(PALETTE[colour[i]][:, None, None],
+                                                   (3, side, side)))
+        under.append(clean[i, 0, r:r + side, c:c + side].max())
+    # off the digit (an image with no dark square gets its darkest one)
+    assert np.mean(np.array(under) <= 0.05) > 0.95 and max(under) < 0.2
+    assert len(set(corners)) > 20  # it moves
+    # the test split's marks are drawn the same way; the clean images carry none
+    assert (np.abs(data.X_test_ood - data.X_test_clean).max(axis=1) > 0).any(axis=(1, 2)).all()
+
+
 def test_make_colored_digits_none_and_seeds():
     data = make_colored_digits(nuisance="none", image_size=8)
     np.testing.assert_array_equal(data.groups_train, data.y_train * 10)
