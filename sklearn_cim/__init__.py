@@ -2,11 +2,13 @@
 
 from ._cim import CIMTransformer
 from ._distances import TrunkWeightsUnavailableError
+from ._removal import RemovalWarning
 from ._show_versions import show_versions
 from ._version import __version__
 from ._vib import VIBClassifier
 
 __all__ = [
-    "CIMTransformer", "TrunkWeightsUnavailableError", "VIBClassifier", "show_versions",
+    "CIMTransformer", "RemovalWarning", "TrunkWeightsUnavailableError",
+    "VIBClassifier", "show_versions",
     "__version__",
 ]

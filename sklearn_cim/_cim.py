@@ -7,15 +7,18 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
 from ._batching import batched_apply
-from ._devices import PRECISIONS, resolve_precision
+from ._devices import PRECISIONS, resolve_device, resolve_precision
 from ._distances import DISTANCES, LPIPS_TRUNKS
 from ._estimator import TorchEstimatorMixin
 from ._groups import GROUP_WEIGHTINGS, INFER_GROUPS, check_groups, infer_groups
-from ._networks import CIMModule
+from ._networks import HARD_MASK_CUT, CIMModule
 from ._objective import CIMNet, CIMObjective
+from ._removal import MAX_ROWS as _REMOVAL_ROWS
+from ._removal import WARN_RETAINED, RemovalWarning, pooled_rows, removal_check
 from ._triplet import MININGS
 from ._validation import (
     check_choice,
@@ -45,9 +48,14 @@ _TRANSFORM_BUDGET_CUDA = 2 ** 28
 
 HEADS = ("cnn", "vib")
 #: mask_weight="auto": the sparsity weight of the group-aware objective (0 without groups).
-AUTO_MASK_WEIGHT = 1.0
-#: mask_threshold="auto": the transform-time cut of the group-aware objective (none without).
-AUTO_MASK_THRESHOLD = 0.2
+AUTO_MASK_WEIGHT = 0.3
+#: invariance_weight="auto": the weight of the group-aware objective's invariance term.
+AUTO_INVARIANCE_WEIGHT = 3.0
+
+
+def _worse_than_x(check):
+    """Whether the removal check estimates psi(x) worse than x beyond its noise."""
+    return check.balanced_accuracy < check.balanced_accuracy_x - 2 * check.balanced_accuracy_se
 
 
 class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin,
@@ -78,9 +86,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     (``group_triplets=True``): the positive has the anchor's class and another
     group, the negative another class and the anchor's group, drawn from the
     whole training set, so only what the class shares across groups brings
-    psi(x) closer; (3) ``mask_weight="auto"`` puts a sparsity weight of 1 on
-    the mask; (4) ``mask_threshold="auto"`` cuts masks below 0.2 to exactly 0 at
-    transform, since a dimmed colour is still a colour to a linear model.
+    psi(x) closer; (3) an invariance term (``invariance_weight="auto"``: 3)
+    makes the mean of psi(x) over each group agree, within a class, with the
+    mean over the class's other groups: what a linear model could read of the
+    group is removed, however few pixels carry it; (4) the mask is hard
+    (``hard_mask="auto"``): each pixel is kept whole or set to 0, in training
+    (a straight-through gradient) as at transform, since a dimmed colour is
+    still a colour to a linear model; (5) ``mask_weight="auto"`` puts a
+    sparsity weight of 0.3 on the mask.
 
     Parameters
     ----------
@@ -118,14 +131,21 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if False they are the original images.
     mask_weight : float or "auto", default="auto"
         Weight of ``mean(m)``; > 0 pushes towards sparser masks. ``"auto"``: 0
-        for the paper's objective, 1 with groups (given or inferred).
+        for the paper's objective, 0.3 with groups (given or inferred).
+    hard_mask : bool or "auto", default="auto"
+        True: psi(x) keeps a pixel whole where the mask net's output is at
+        least 0.5 and sets it to 0 elsewhere, in training (the gradient passes
+        straight through the cut) and at ``transform``; :meth:`masks` returns
+        the 0/1 mask. False: psi(x) = m * x with the soft mask (then
+        ``mask_threshold`` applies). ``"auto"``: False for the paper's
+        objective, True with groups.
     mask_threshold : float in [0, 1], "auto" or None, default="auto"
-        At ``transform`` (and in :meth:`masks`), mask values below it become
-        exactly 0, so dimmed pixels carry nothing; training uses the soft mask.
-        ``"auto"``: None (no cut) for the paper's objective, 0.2 with groups.
-        When the cut leaves under 0.5 % of the mask values of the training
-        images (up to 256 images spread over X are checked after each ``fit``;
-        not after ``partial_fit``), ``fit`` warns
+        Soft masks only (``hard_mask`` False): at ``transform`` (and in
+        :meth:`masks`), mask values below it become exactly 0, so dimmed pixels
+        carry nothing; training uses the soft mask. ``"auto"``: None (no cut).
+        When the mask keeps under 0.5 % of the pixels of the training images
+        (hard, or after the cut; up to 256 images spread over X are checked
+        after each ``fit``, not after ``partial_fit``), ``fit`` warns
         (``ConvergenceWarning``): the mask collapsed and psi(x) is all but zero.
     group_weighting : {"balanced", "none"}, default="balanced"
         With groups: weight the head's cross-entropy so that every (class,
@@ -137,21 +157,28 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         from the whole training set (anchors with none are left out); these
         pairs are drawn at random, ``mining`` does not apply to them. False
         mines inside the batch as without groups.
+    invariance_weight : float or "auto", default="auto"
+        With groups: the weight of the invariance term (see above; it draws one
+        same-class, other-group image per anchor from the training set and
+        passes it through the mask net without gradient). ``"auto"``: 3 with
+        groups. Without groups there is nothing to be invariant to.
     adversary_weight : float, default=0.0
         With groups and > 0: a linear model on psi(x) is trained to predict the
         group (its cross-entropy weighted like the head's, so balanced over the
         cells with ``group_weighting="balanced"``) while the mask net, through a reversed
         gradient, is trained to defeat it. Off by default: it lowered OOD
         accuracy in our tuning runs (see the README).
-    infer_groups : bool or {"linear", "errors"}, default=False
-        When ``fit`` gets no groups: infer them from a bias proxy, out-of-fold
-        predictions of a strongly regularised logistic regression on the pixels
-        (``True`` or ``"linear"``: the predicted class; ``"errors"``: whether the
-        prediction was right, as in JTT), kept in ``groups_``. It finds a
-        nuisance that is the simplest feature predicting the label (a
-        background colour) and fails for one that is not (a small patch).
-        The proxy reads a float32 copy of the training pixels (one more copy
-        of X in memory while it fits).
+    infer_groups : bool or {"local", "linear", "errors"}, default=False
+        When ``fit`` gets no groups: infer them from a bias proxy, a model that
+        can learn the nuisance but not the object, as its out-of-fold predicted
+        class (kept in ``groups_``). ``True`` or ``"local"``: a small conv net
+        that sees only 3x3 neighbourhoods, pooled over the image (a colour,
+        texture, patch or mark wherever it is, but not an object's shape; 5
+        epochs per fold, images pooled to at most 64 px). ``"linear"``: a
+        strongly regularised logistic regression on the pixels (finds a
+        background colour, misses a small patch); ``"errors"``: whether the
+        linear prediction was right, as in JTT. The proxy reads a float32 copy
+        of the training pixels (one more copy of X in memory while it fits).
     per_channel_mask : bool, default=False
         One mask per colour channel instead of one broadcast over channels.
     tn_width, tn_depth : int, default=16, 2
@@ -247,6 +274,29 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         way (new labels are appended). None when no groups were given.
     n_groups_ : int
         Groups the adversary predicts (0 without one).
+    removal_check_ : Bunch or None
+        After a group-aware ``fit`` (groups given or inferred; not after
+        ``partial_fit``), how much of the nuisance psi(x) still carries,
+        measured on up to 2,048 training images by out-of-fold linear probes
+        (see :ref:`removal-check`): ``retained`` (share of what a linear
+        model reads of the group in x that it still reads in psi(x); 0 removed,
+        1 kept; NaN when the nuisance is not linearly readable in x),
+        ``balanced_accuracy`` (estimated accuracy of a linear model on psi(x)
+        when every (class, group) cell weighs the same, as once the nuisance
+        no longer agrees with the label) and ``balanced_accuracy_x`` (the same
+        on x), ``nuisance_psi``, ``nuisance_x``, ``chance``, ``n_images``.
+        ``fit`` warns (:class:`~sklearn_cim.RemovalWarning`) when ``retained``
+        is above 0.5, or ``balanced_accuracy`` is below ``balanced_accuracy_x``
+        by more than twice ``balanced_accuracy_se`` (the standard error of
+        the difference).
+        None for the paper's objective. Usable in a search through
+        :func:`sklearn_cim.metrics.removal_score`.
+    fallback_ : bool
+        True when a fit on inferred groups (``infer_groups``) was estimated by
+        the removal check to make a linear model less accurate than on x (the
+        bias proxy could not be trusted): ``transform`` then returns X
+        unchanged and :meth:`masks` all ones, and ``fit`` says so with a
+        :class:`~sklearn_cim.RemovalWarning`. Never set for groups given.
     history_ : skorch History
         Per-epoch ``train_loss``, ``train_ce``, ``train_triplet`` (and
         ``train_mask``, ``train_adversary`` with an adversary, and ``train_kl``
@@ -280,9 +330,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         mining="random",
         pair_transform=False,
         mask_weight="auto",
+        hard_mask="auto",
         mask_threshold="auto",
         group_weighting="balanced",
         group_triplets=True,
+        invariance_weight="auto",
         adversary_weight=0.0,
         infer_groups=False,
         per_channel_mask=False,
@@ -314,9 +366,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.mining = mining
         self.pair_transform = pair_transform
         self.mask_weight = mask_weight
+        self.hard_mask = hard_mask
         self.mask_threshold = mask_threshold
         self.group_weighting = group_weighting
         self.group_triplets = group_triplets
+        self.invariance_weight = invariance_weight
         self.adversary_weight = adversary_weight
         self.infer_groups = infer_groups
         self.per_channel_mask = per_channel_mask
@@ -438,10 +492,26 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 json.dumps(labels)
             except TypeError:
                 labels = None
+        check = getattr(self, "removal_check_", None)
         return dict(super()._fitted_metadata(),
                     n_groups_=int(getattr(self, "n_groups_", 0)),
                     group_aware_=bool(getattr(self, "group_aware_", False)),
-                    group_labels_=labels)
+                    group_labels_=labels,
+                    removal_check_=None if check is None else dict(check),
+                    fallback_=bool(getattr(self, "fallback_", False)))
+
+    def __setstate__(self, state):
+        if "hard_mask" not in state:
+            # pickled before hard masks and the invariance term: keep the
+            # objective and the transform-time cut it was fitted with
+            state["hard_mask"] = False
+            state.setdefault("invariance_weight", 0.0)
+            aware = state.get("group_aware_", False)
+            if state.get("mask_threshold") == "auto":
+                state["mask_threshold"] = 0.2 if aware else None
+            if state.get("mask_weight") == "auto":
+                state["mask_weight"] = 1.0 if aware else 0.0
+        super().__setstate__(state)
 
     def _restore_metadata(self, meta):
         super()._restore_metadata(meta)
@@ -451,6 +521,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         labels = meta.get("group_labels_")
         self.group_labels_ = None if labels is None else np.asarray(labels, dtype=object)
         self.groups_ = None  # the training images' inferred groups are not saved
+        check = meta.get("removal_check_")
+        self.removal_check_ = None if check is None else Bunch(**check)
+        self.fallback_ = bool(meta.get("fallback_", False))
 
     def _needs_unit_range(self):
         return not (callable(self.distance) or self.distance == "l2")
@@ -468,8 +541,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         for name in ("classifier_weight", "triplet_weight", "margin", "head_beta",
                      "adversary_weight"):
             check_number(name, getattr(self, name), low=0)
-        if not (isinstance(self.mask_weight, str) and self.mask_weight == "auto"):
-            check_number("mask_weight", self.mask_weight, low=0)
+        for name in ("mask_weight", "invariance_weight"):
+            if not (isinstance(getattr(self, name), str) and getattr(self, name) == "auto"):
+                check_number(name, getattr(self, name), low=0)
+        if not (isinstance(self.hard_mask, (bool, np.bool_)) or self.hard_mask == "auto"):
+            raise TypeError(f"hard_mask must be True, False or 'auto', got {self.hard_mask!r}.")
         if self.mask_threshold is not None and not (
                 isinstance(self.mask_threshold, str) and self.mask_threshold == "auto"):
             check_number("mask_threshold", self.mask_threshold, low=0, high=1)
@@ -504,13 +580,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                                      groups=groups)
         # after the fitted state is set: a warning turned into an error does not
         # undo a finished fit
+        self._warn_if_not_removed()
         if kept is not None and kept < _COLLAPSE_KEPT:
             warnings.warn(
-                f"After mask_threshold={self._mask_threshold()}, the mask keeps {kept:.1%} of "
-                "the pixels of the training images: psi(x) is (nearly) all zero and a "
+                f"The mask keeps {kept:.1%} of the pixels of the training images "
+                f"({self._mask_description()}): psi(x) is (nearly) all zero and a "
                 "downstream model will predict one class. The mask penalty won before the "
-                "classifier head learned the classes; try a lower mask_weight or lr, a larger "
-                "batch_size, or mask_threshold=0.", ConvergenceWarning, stacklevel=3)
+                "classifier head learned the classes; try a lower mask_weight or lr, or a "
+                "larger batch_size.", ConvergenceWarning, stacklevel=3)
         return self
 
     def _fit_checked(self, X, y, *, warm, epochs, classes, groups):
@@ -547,16 +624,65 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             # and draws bias-contrastive pairs across the training set
             y_enc = np.stack([y_enc, group_codes, np.arange(len(y_enc))], axis=1)
         self._train(X, y_enc, warm=warm, epochs=epochs)
+        self.removal_check_ = None
+        self.fallback_ = False
         if epochs is None:  # fit, not partial_fit (called in loops: no extra pass each time)
+            if self.group_aware_:
+                check = self._check_removal(X, shape, input_range, y_enc[:, 0], group_codes)
+                self.removal_check_ = check
+                # inferred groups that make psi(x) worse than x: transform leaves x as is
+                self.fallback_ = self.groups_ is not None and _worse_than_x(check)
             return self._share_kept(X, shape, input_range)
         return None
+
+    def _check_removal(self, X, shape, input_range, y_enc, group_codes):
+        """The removal check (:mod:`sklearn_cim._removal`) on up to
+        ``_REMOVAL_ROWS`` training images spread over X."""
+        rows = np.arange(0, len(X), max(1, len(X) // _REMOVAL_ROWS))[:_REMOVAL_ROWS]
+        low, high = input_range
+        x = (np.asarray(X[rows], dtype=np.float32) - low) / (high - low)
+        psi = (self._apply_validated(X[rows], shape, input_range, "psi") - low) / (high - low)
+        images = (-1,) + tuple(shape)
+        return removal_check(pooled_rows(psi.reshape(images)), pooled_rows(x.reshape(images)),
+                             y_enc[rows], group_codes[rows], random_state=self._shared_seed())
+
+    def _warn_if_not_removed(self):
+        check = getattr(self, "removal_check_", None)
+        if check is None:
+            return
+        if self.fallback_:
+            warnings.warn(
+                f"The mask trained on inferred groups (groups_) is estimated to make a linear "
+                f"model less accurate than on x once the nuisance no longer agrees with the "
+                f"label ({check.balanced_accuracy:.3f} vs {check.balanced_accuracy_x:.3f}: "
+                "removal_check_.balanced_accuracy against the inferred groups), so the bias "
+                "proxy cannot be trusted here. Falling back: transform returns X unchanged "
+                "(fallback_=True). Pass the true groups to fit if you know them.",
+                RemovalWarning, stacklevel=4)
+            return
+        source = "inferred groups (groups_)" if self.groups_ is not None else "the groups given"
+        if check.retained > WARN_RETAINED:
+            warnings.warn(
+                f"psi(x) still carries {check.retained:.0%} of the nuisance that a linear model "
+                f"reads in x (removal_check_.retained, measured out of fold on the training "
+                f"images against {source}): a downstream model can still rely on it. Train "
+                "longer (max_epochs), raise mask_weight, or check that groups name the "
+                "nuisance.", RemovalWarning, stacklevel=4)
+        if _worse_than_x(check):
+            warnings.warn(
+                f"A linear model on psi(x) is estimated to be less accurate than one on x once "
+                f"the nuisance no longer agrees with the label ({check.balanced_accuracy:.3f} "
+                f"vs {check.balanced_accuracy_x:.3f}: removal_check_.balanced_accuracy, every "
+                f"(class, group) cell of the training images weighing the same, against "
+                f"{source}). The mask removed more of the object than of the nuisance; do not "
+                "use this transform as is.", RemovalWarning, stacklevel=4)
 
     def _share_kept(self, X, shape, input_range):
         """Share of the mask values that ``mask_threshold`` keeps (> 0) on up to
         ``_COLLAPSE_CHECK_ROWS`` training images spread over X, or None without a
         cut (a soft mask still carries the image, however dim). Near 0, psi(x) is
         all but zero: the mask penalty won before the head learned the classes."""
-        if self._mask_threshold() is None:
+        if not self._hard_mask() and self._mask_threshold() is None:
             return None
         rows = X[::max(1, len(X) // _COLLAPSE_CHECK_ROWS)][:_COLLAPSE_CHECK_ROWS]
         return float(np.mean(self._apply_validated(rows, shape, input_range, "kept")))
@@ -580,11 +706,12 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             self.group_labels_ = None
         if not self.infer_groups:
             return None
-        strategy = "linear" if self.infer_groups is True else self.infer_groups
+        strategy = "local" if self.infer_groups is True else self.infer_groups
         low, high = input_range
-        flat = (np.asarray(X, dtype=np.float32) - low) / (high - low)
+        unit = (np.asarray(X, dtype=np.float32) - low) / (high - low)
         seed = self._shared_seed()  # in a data-parallel fit, the same groups everywhere
-        self.groups_ = infer_groups(flat.reshape(len(flat), -1), y_enc, strategy, seed)
+        self.groups_ = infer_groups(unit.reshape((-1,) + tuple(self.image_shape_)), y_enc,
+                                    strategy, seed, device=resolve_device(self.device))
         if np.unique(self.groups_).size < 2:
             warnings.warn(
                 "infer_groups found a single group (the bias proxy is right on every "
@@ -608,17 +735,36 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             group_weighting=self.group_weighting,
             group_triplets=bool(self.group_triplets),
             adversary_weight=float(self.adversary_weight),
+            invariance_weight=self._invariance_weight(),
+            hard_mask=self._hard_mask(),
         )
 
+    def _auto(self, name, with_groups, without_groups):
+        """A parameter's value, "auto" resolved by whether the fit is group-aware."""
+        value = getattr(self, name)
+        if isinstance(value, str) and value == "auto":
+            return with_groups if getattr(self, "group_aware_", False) else without_groups
+        return value
+
+    def _hard_mask(self):
+        return bool(self._auto("hard_mask", True, False))
+
     def _mask_threshold(self):
-        if isinstance(self.mask_threshold, str) and self.mask_threshold == "auto":
-            return AUTO_MASK_THRESHOLD if getattr(self, "group_aware_", False) else None
-        return self.mask_threshold
+        """The transform-time cut of a soft mask (None: no cut; hard masks: None)."""
+        if self._hard_mask():
+            return None
+        return self._auto("mask_threshold", None, None)
+
+    def _mask_description(self):
+        if self._hard_mask():
+            return "hard mask"
+        return f"soft mask cut at mask_threshold={self._mask_threshold()}"
 
     def _mask_weight(self):
-        if self.mask_weight == "auto":
-            return AUTO_MASK_WEIGHT if getattr(self, "group_aware_", False) else 0.0
-        return float(self.mask_weight)
+        return float(self._auto("mask_weight", AUTO_MASK_WEIGHT, 0.0))
+
+    def _invariance_weight(self):
+        return float(self._auto("invariance_weight", AUTO_INVARIANCE_WEIGHT, 0.0))
 
     def _net_spec(self):
         return CIMNet, dict(
@@ -672,10 +818,16 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         precision = resolve_precision(self.precision, self.device_)
 
         threshold = self._mask_threshold()
+        hard = self._hard_mask()
+        identity = getattr(self, "fallback_", False)
 
         def mask(u):
+            if identity:  # inferred groups that could not be trusted: psi(x) = x
+                return torch.ones_like(u[:, :module.mask_net.out.out_channels])
             m = module.mask_net(u).float()
-            if threshold is not None:  # a hard cut: dimmed pixels go to exactly 0
+            if hard:  # each pixel kept whole or dropped, as in training
+                return (m >= HARD_MASK_CUT).float()
+            if threshold is not None:  # dimmed pixels go to exactly 0
                 m = m * (m >= threshold)
             return m
 

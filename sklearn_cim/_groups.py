@@ -14,15 +14,24 @@ import numbers
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from ._networks import LocalCueClassifier
+
 GROUP_WEIGHTINGS = ("balanced", "none")
-INFER_GROUPS = ("linear", "errors")
-#: Regularisation of the bias proxy (a deliberately weak linear model: it
-#: learns the simplest feature, which is what a spurious one usually is).
+INFER_GROUPS = ("local", "linear", "errors")
+#: Regularisation of the linear bias proxy (a deliberately weak linear model:
+#: it learns the simplest feature, which is what a spurious one often is).
 PROXY_C = 1e-3
 PROXY_FOLDS = 3
+#: The local proxy: epochs, batch size, Adam lr, and the largest image side it
+#: reads (larger images are average-pooled down to it).
+LOCAL_PROXY_EPOCHS = 5
+LOCAL_PROXY_BATCH = 128
+LOCAL_PROXY_LR = 1e-2
+LOCAL_PROXY_MAX_SIDE = 64
 
 
 def check_groups(groups, n_samples, labels=None, allow_single=False):
@@ -71,13 +80,6 @@ def check_groups(groups, n_samples, labels=None, allow_single=False):
             "Pass the nuisance attribute of each image (at least two values), or leave "
             "groups out for the paper's objective.")
     return labels, codes
-
-
-def cell_codes(y, groups):
-    """Codes of the (class, group) cells, 0..n_cells-1, for integer y and groups."""
-    pairs = np.stack([np.asarray(y, np.int64), np.asarray(groups, np.int64)], axis=1)
-    _, codes = np.unique(pairs, axis=0, return_inverse=True)
-    return codes.reshape(-1)
 
 
 def balanced_weights(cells):
@@ -139,16 +141,20 @@ class PairTable:
         return self._draw(self.by_group, groups.long(), y.long(), u)
 
 
-def infer_groups(X, y, strategy, random_state):
-    """Bias-proxy groups from a deliberately simple model on the pixels.
+def infer_groups(X, y, strategy, random_state, device="cpu"):
+    """Bias-proxy groups: the out-of-fold predicted class of a model that can
+    learn the nuisance but not the object; cells (class, predicted class) then
+    separate the images that follow the shortcut from those that do not.
 
-    ``"linear"``: the out-of-fold predicted class of a strongly regularised
-    logistic regression (``C=1e-3``), which learns the simplest feature that
-    predicts the label, usually the nuisance; cells (class, predicted class)
-    then separate images that follow the shortcut from those that do not.
-    ``"errors"`` (JTT-style): whether that out-of-fold prediction was right.
+    ``"local"``: :class:`~sklearn_cim._networks.LocalCueClassifier`, which sees
+    only 3x3 neighbourhoods (pooled over the image): it learns a colour, a
+    texture, a patch or a mark wherever it is, but not an object's shape.
+    ``"linear"``: a strongly regularised logistic regression (``C=1e-3``) on
+    the pixels, which learns the simplest feature spread over many pixels (a
+    background colour) and misses a small one (its errors then follow the
+    object). ``"errors"`` (JTT-style): whether the linear prediction was right.
 
-    X is a 2-D float array in [0, 1]; y integer classes.
+    X is a float array ``(n, C, H, W)`` in [0, 1]; y integer classes.
     """
     counts = np.bincount(y)
     folds = int(min(PROXY_FOLDS, counts[counts > 0].min()))
@@ -157,9 +163,45 @@ def infer_groups(X, y, strategy, random_state):
             "infer_groups needs at least 2 training images of every class to infer groups "
             f"from out-of-fold predictions; the rarest class has {counts[counts > 0].min()}. "
             "Pass groups to fit, collect more images, or set infer_groups=False.")
-    proxy = LogisticRegression(C=PROXY_C, max_iter=200)
     cv = StratifiedKFold(folds, shuffle=True, random_state=random_state)
-    pred = cross_val_predict(proxy, X, y, cv=cv)
+    if strategy == "local":
+        return _local_proxy_predictions(X, y, cv, random_state, device)
+    proxy = LogisticRegression(C=PROXY_C, max_iter=200)
+    pred = cross_val_predict(proxy, X.reshape(len(X), -1), y, cv=cv)
     if strategy == "errors":
         return (pred == y).astype(np.int64)
     return pred.astype(np.int64)
+
+
+def _local_proxy_predictions(X, y, cv, random_state, device):
+    """Out-of-fold predictions of a :class:`LocalCueClassifier` per fold."""
+    images = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)
+    side = max(images.shape[-2:])
+    if side > LOCAL_PROXY_MAX_SIDE:
+        scale = LOCAL_PROXY_MAX_SIDE / side
+        size = tuple(max(1, round(s * scale)) for s in images.shape[-2:])
+        images = F.adaptive_avg_pool2d(images, size)
+    labels = torch.as_tensor(y, dtype=torch.long)
+    n_classes = int(labels.max()) + 1
+    seed = int(np.random.RandomState(random_state).randint(2 ** 31))
+    generator = torch.Generator().manual_seed(seed)
+    pred = np.empty(len(y), dtype=np.int64)
+    for train, test in cv.split(np.zeros(len(y)), y):
+        with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
+            torch.manual_seed(seed)
+            net = LocalCueClassifier(images.shape[1], n_classes).to(device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=LOCAL_PROXY_LR)
+        train = torch.as_tensor(train)
+        for _ in range(LOCAL_PROXY_EPOCHS):
+            order = train[torch.randperm(len(train), generator=generator)]
+            for start in range(0, len(order), LOCAL_PROXY_BATCH):
+                batch = order[start:start + LOCAL_PROXY_BATCH]
+                loss = F.cross_entropy(net(images[batch].to(device)), labels[batch].to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            for start in range(0, len(test), 1024):
+                batch = test[start:start + 1024]
+                pred[batch] = net(images[batch].to(device)).argmax(1).cpu().numpy()
+    return pred

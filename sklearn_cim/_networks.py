@@ -133,6 +133,25 @@ class MLPEncoder(nn.Sequential):
         self.out_features = width
 
 
+class LocalCueClassifier(nn.Module):
+    """A classifier that sees only 3x3 neighbourhoods: a 3x3 and a 1x1 conv,
+    then the maximum and the mean of each feature over the image, and a
+    linear layer. It reads colour, texture and small marks wherever they are,
+    but not the shape of an object larger than its window: the bias proxy of
+    ``infer_groups="local"``."""
+
+    def __init__(self, in_channels, n_classes, width=16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 1), nn.ReLU(inplace=True))
+        self.linear = nn.Linear(2 * width, n_classes)
+
+    def forward(self, x):
+        h = self.features(x)
+        return self.linear(torch.cat([h.amax((2, 3)), h.mean((2, 3))], dim=1))
+
+
 class _ReverseGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -208,13 +227,39 @@ class VIBModule(nn.Module):
         return self.decode(mu + sigma * eps)
 
 
+#: A hard mask keeps a pixel where the mask net's output is at least this.
+HARD_MASK_CUT = 0.5
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mask):
+        return (mask >= HARD_MASK_CUT).to(mask.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def hard_mask(mask):
+    """``1[mask >= 0.5]``; its gradient flows to ``mask`` as if it were the
+    identity (a straight-through estimator, Bengio et al. 2013)."""
+    return _StraightThrough.apply(mask)
+
+
 class CIMModule(nn.Module):
     """Mask net and auxiliary head: ``x -> (m, psi(x), head(psi(x)))``.
 
     ``head="cnn"``: a :class:`ConvClassifier` giving logits. ``head="vib"``: a
     :class:`VIBModule` on images (its conv encoder, latent size
-    ``2 * head_width``) giving ``(mu, sigma)`` of p(z|psi(x)).
+    ``2 * head_width``) giving ``(mu, sigma)`` of p(z|psi(x)). With ``hard``
+    set True (by the objective, before training), psi(x) keeps each pixel
+    whole or drops it (:func:`hard_mask` of the mask net's output ``m``, which
+    is what is returned as the mask).
     """
+
+    #: psi(x) from the hard mask; modules pickled before it existed read False
+    hard = False
 
     def __init__(self, image_shape, n_classes, tn_width=16, tn_depth=2,
                  per_channel_mask=False, head="cnn", head_width=32, n_groups=0):
@@ -232,5 +277,10 @@ class CIMModule(nn.Module):
 
     def forward(self, x):
         mask = self.mask_net(x)
-        psi = mask * x
+        psi = (hard_mask(mask) if self.hard else mask) * x
         return mask, psi, self.head(psi)
+
+    def masked(self, x):
+        """psi(x) alone (as in :meth:`forward`)."""
+        mask = self.mask_net(x)
+        return (hard_mask(mask) if self.hard else mask) * x

@@ -4,7 +4,8 @@
 :class:`CIMNet` trains :class:`~sklearn_cim._networks.CIMModule` on it: the
 head's cross-entropy (balanced over the (class, group) cells with groups),
 the triplet loss under a perceptual distance (bias-contrastive with groups),
-the mask's sparsity, the VIB head's KL and the group adversary.
+the invariance of psi(x) to the group within each class (with groups), the
+mask's sparsity, the VIB head's KL and the group adversary.
 """
 
 from dataclasses import dataclass
@@ -40,6 +41,26 @@ class CIMObjective:
     group_weighting: str = "balanced"
     group_triplets: bool = True
     adversary_weight: float = 0.0
+    # (pickles written before these fields existed read the class defaults)
+    invariance_weight: float = 0.0
+    hard_mask: bool = False
+
+
+def group_mean_gap(diff, groups, valid, half):
+    """``sum_g share_g * <mean_A(diff | g), mean_B(diff | g)>``: for each group
+    g, the inner product of the mean rows of ``diff`` over its valid rows in
+    half A (``half`` True) and in half B, weighted by the group's share of the
+    valid rows; groups missing from a half count 0. An unbiased estimate of
+    ``sum_g share_g * |E[diff | g]|^2``."""
+    n_groups = int(groups.max()) + 1
+    member = torch.nn.functional.one_hot(groups, n_groups).to(diff.dtype) * valid[:, None]
+    first, second = member * half[:, None], member * (~half)[:, None]
+    n_first, n_second = first.sum(0), second.sum(0)
+    mean_first = (first.T @ diff) / n_first.clamp_min(1)[:, None]
+    mean_second = (second.T @ diff) / n_second.clamp_min(1)[:, None]
+    both = (n_first > 0) & (n_second > 0)
+    share = (n_first + n_second) / valid.sum().clamp_min(1)
+    return ((mean_first * mean_second).sum(1) * share * both).sum()
 
 
 class CIMNet(TorchNet):
@@ -67,11 +88,12 @@ class CIMNet(TorchNet):
         self.release_training_data()
         self.group_aware = y.ndim == 2
         if y.ndim == 2:
+            obj = self.objective
             classes, groups = y[:, 0], y[:, 1]
-            if self.objective.group_weighting == "balanced":
+            if obj.group_weighting == "balanced":
                 cells = classes * (int(groups.max()) + 1) + groups
                 self.sample_weights = balanced_weights(cells)
-            if self.objective.group_triplets and self.objective.triplet_weight > 0:
+            if (obj.group_triplets and obj.triplet_weight > 0) or obj.invariance_weight > 0:
                 self.pair_table = PairTable(classes, groups)
                 self.train_X = X  # pairs are drawn from the whole training set
 
@@ -79,6 +101,8 @@ class CIMNet(TorchNet):
         self.train_X = self.pair_table = self.sample_weights = None
 
     def prepare_training(self):
+        # psi(x) in training: hard or soft, as the objective says
+        self.module_.hard = bool(self.objective.hard_mask)
         # the metric (a random trunk with pretrained=False) is drawn from the
         # global RNG seeded by ``seed``: the same in every process of a
         # data-parallel fit and whenever it is rebuilt (after unpickling)
@@ -124,9 +148,16 @@ class CIMNet(TorchNet):
             logits = head_out
         if obj.classifier_weight > 0:
             terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, rows))
+        positives = None
+        if groups is not None and self.pair_table is not None:
+            # one same-class, other-group image per anchor, shared by the terms below
+            positives = self.pair_table.positives(y_true, groups, self.generator)
         if obj.triplet_weight > 0:
             terms["triplet"] = (obj.triplet_weight,
-                                self.triplet_term(psi, X, y_true, groups))
+                                self.triplet_term(psi, X, y_true, groups, positives))
+        if positives is not None and obj.invariance_weight > 0:
+            terms["invariance"] = (obj.invariance_weight,
+                                   self.invariance_term(psi, groups, positives))
         if obj.mask_weight > 0:
             terms["mask"] = (obj.mask_weight, mask.mean())
         if groups is not None and self.uses_adversary():
@@ -148,7 +179,30 @@ class CIMNet(TorchNet):
         per_sample = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
         return (per_sample * self.sample_weights[rows]).mean()
 
-    def triplet_term(self, psi, x, y, groups=None):
+    def invariance_term(self, psi, groups, positives):
+        """How far psi(x) of each group is, on average, from psi of same-class
+        images of other groups: ``sum_g share_g * <D_g, D'_g> / (H * W)``, with
+        ``D_g`` and ``D'_g`` the mean of ``psi(x) - psi(p)`` over two random
+        halves of the batch's anchors of group g (``p`` each anchor's positive,
+        through the mask net without gradient) and ``share_g`` the share of
+        anchors in group g.
+
+        Within a class, the group-wise means of psi(x) then agree: a linear
+        model on psi(x) cannot read the group from them. The product of two
+        independent halves is an unbiased estimate of ``|E[D_g]|^2`` (the
+        squared norm of one mean would also count the spread of same-class
+        images, and shrink psi as a whole).
+        """
+        pos, valid = positives
+        with torch.no_grad():
+            psi_pos = self.module_.masked(self.training_images(pos))
+        half = torch.rand(len(groups), generator=self.generator,
+                          device=self.generator.device).to(groups.device) < 0.5
+        h, w = psi.shape[-2:]
+        return group_mean_gap((psi.float() - psi_pos.float()).flatten(1), groups, valid,
+                              half) / (h * w)
+
+    def triplet_term(self, psi, x, y, groups=None, positives=None):
         """``mean(relu(d(psi(x), p) - d(psi(x), q) + margin))`` over the batch.
 
         One trunk pass with gradient (the anchors psi(x)); positives and
@@ -156,13 +210,14 @@ class CIMNet(TorchNet):
         psi itself (detached) with ``pair_transform=True``. Hard mining uses the
         originals' pairwise distances, in float32 (outside autocast). With groups
         and ``group_triplets``, the positive and the negative are drawn from the
-        whole training set (:meth:`group_triplet_term`).
+        whole training set (:meth:`group_triplet_term`; the caller draws
+        ``positives``).
         """
         obj = self.objective
         metric = self.get_metric()
         anchor = metric.embed(psi)
-        if groups is not None and self.pair_table is not None:
-            return self.group_triplet_term(metric, anchor, y, groups)
+        if groups is not None and obj.group_triplets and positives is not None:
+            return self.group_triplet_term(metric, anchor, y, groups, positives)
         with torch.no_grad():
             need_originals = not obj.pair_transform or obj.mining == "hard"
             originals = metric.embed(x) if need_originals else None
@@ -174,17 +229,16 @@ class CIMNet(TorchNet):
         d_neg = metric.between(anchor, metric.take(pairs, neg))
         return triplet_loss(d_pos, d_neg, obj.margin, valid)
 
-    def group_triplet_term(self, metric, anchor, y, groups):
+    def group_triplet_term(self, metric, anchor, y, groups, positives):
         """Bias-contrastive triplets: the positive has the anchor's class and
         another group, the negative the anchor's group and another class, both
         drawn from the whole training set; anchors without one are left out."""
-        table = self.pair_table
-        pos, pos_ok = table.positives(y, groups, self.generator)
-        neg, neg_ok = table.negatives(y, groups, self.generator)
+        pos, pos_ok = positives
+        neg, neg_ok = self.pair_table.negatives(y, groups, self.generator)
         with torch.no_grad():
             pairs = self.training_images(torch.cat([pos, neg]))
             if self.objective.pair_transform:
-                pairs = self.module_.mask_net(pairs) * pairs
+                pairs = self.module_.masked(pairs)
             emb = metric.embed(pairs)
         n = len(y)
         d_pos = metric.between(anchor, metric.take(emb, slice(0, n)))

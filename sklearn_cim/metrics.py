@@ -1,11 +1,13 @@
-"""Group-wise accuracy: per-group, worst-group, and a worst-group scorer."""
+"""Group-wise accuracy: per-group, worst-group, a worst-group scorer, and the
+removal check as a scorer."""
 
 import numpy as np
 from sklearn import get_config
 from sklearn.metrics import accuracy_score, make_scorer
 from sklearn.utils import check_consistent_length, column_or_1d
 
-__all__ = ["group_accuracies", "worst_group_accuracy", "make_worst_group_scorer"]
+__all__ = ["group_accuracies", "worst_group_accuracy", "make_worst_group_scorer",
+           "removal_score"]
 
 
 def _as_groups(groups):
@@ -152,3 +154,73 @@ def make_worst_group_scorer():
             "inside `with sklearn.config_context(enable_metadata_routing=True):`."
         )
     return make_scorer(_routed_worst_group_accuracy).set_score_request(groups=True)
+
+
+def _removal_check_of(estimator):
+    """The ``removal_check_`` of a fitted CIMTransformer, alone or a step of a pipeline."""
+    steps = [estimator]
+    if hasattr(estimator, "steps"):
+        steps = [step for _, step in estimator.steps]
+    for step in steps:
+        if hasattr(step, "removal_check_"):
+            if step.removal_check_ is None:
+                raise ValueError(
+                    f"{type(step).__name__} was fitted without groups, so it has no removal "
+                    "check: fit it with groups=... or infer_groups=True (the paper's objective "
+                    "is not group-aware).")
+            return step.removal_check_
+    raise ValueError(
+        f"removal_score needs a fitted CIMTransformer, or a pipeline holding one; got "
+        f"{type(estimator).__name__}.")
+
+
+def removal_score(estimator, X=None, y=None, *, metric="balanced_accuracy"):
+    """The removal check of a fitted CIMTransformer (or pipeline) as a score.
+
+    A scorer for :class:`~sklearn.model_selection.GridSearchCV` that needs no
+    test set: it reads ``removal_check_``, measured out of fold on each
+    candidate's own training images, and ignores ``X`` and ``y`` (the
+    validation split, which carries the nuisance as training does and so
+    rewards keeping it). Greater is better.
+
+    Parameters
+    ----------
+    estimator : CIMTransformer or Pipeline
+        Fitted with groups (given or inferred).
+    X, y : ignored
+        Present for the scorer signature ``scorer(estimator, X, y)``.
+    metric : {"balanced_accuracy", "removed"}, default="balanced_accuracy"
+        ``"balanced_accuracy"``: the estimated accuracy of a linear model on
+        psi(x) when every (class, group) cell weighs the same, as once the
+        nuisance no longer agrees with the label. ``"removed"``: ``1 -
+        retained``, the share of the nuisance's linear readability removed (NaN
+        when x itself shows none). Pass it with ``functools.partial``.
+
+    Returns
+    -------
+    score : float
+
+    Raises
+    ------
+    ValueError
+        If no fitted CIMTransformer is found, or it was fitted without groups.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_cim import CIMTransformer
+    >>> from sklearn_cim.metrics import removal_score
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.rand(60, 3, 8, 8).astype(np.float32)
+    >>> y, groups = np.repeat([0, 1], 30), np.tile([0, 1, 2], 20)
+    >>> cim = CIMTransformer(distance="l2", max_epochs=1, batch_size=16, device="cpu",
+    ...                      random_state=0).fit(X, y, groups=groups)
+    >>> 0.0 <= removal_score(cim) <= 1.0
+    True
+    """
+    check = _removal_check_of(estimator)
+    if metric == "balanced_accuracy":
+        return float(check.balanced_accuracy)
+    if metric == "removed":
+        return float(1.0 - check.retained)
+    raise ValueError(f"metric must be 'balanced_accuracy' or 'removed', got {metric!r}.")

@@ -14,8 +14,10 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from sklearn_cim import CIMTransformer
-from sklearn_cim._groups import PairTable, balanced_weights, cell_codes, check_groups
+from sklearn_cim import CIMTransformer, RemovalWarning
+from sklearn_cim._cim import AUTO_INVARIANCE_WEIGHT, AUTO_MASK_WEIGHT
+from sklearn_cim._groups import PairTable, balanced_weights, check_groups, infer_groups
+from sklearn_cim._networks import HARD_MASK_CUT
 
 
 def training_rows(y, groups):
@@ -41,11 +43,15 @@ def test_groups_change_the_training_and_none_trains_the_paper_objective(nuisance
     same = CIMTransformer(**tiny, group_weighting="none", group_triplets=False,
                           mask_weight=0.0).fit(X, y)
     np.testing.assert_array_equal(paper.transform(X), same.transform(X))
+    assert not paper.net_.objective.hard_mask and paper.net_.objective.invariance_weight == 0
     aware = CIMTransformer(**tiny).fit(X, y, groups=groups)
     assert aware.group_aware_
-    assert aware.net_.objective.mask_weight == 1.0  # mask_weight="auto"
+    objective = aware.net_.objective  # the "auto" settings with groups
+    assert objective.mask_weight == AUTO_MASK_WEIGHT == 0.3
+    assert objective.invariance_weight == AUTO_INVARIANCE_WEIGHT == 3.0
+    assert objective.hard_mask and aware.net_.module_.hard
     assert not np.allclose(paper.transform(X), aware.transform(X))
-    assert "train_mask" in aware.history_[-1]
+    assert {"train_mask", "train_invariance"} <= set(aware.history_[-1])
 
 
 def test_balanced_weights_give_every_cell_the_same_total():
@@ -109,22 +115,47 @@ def test_group_triplets_contrast_across_groups(nuisance_images, tiny, monkeypatc
         assert (torch.as_tensor(groups)[idx][ok] != gg[ok]).all()
         assert (torch.as_tensor(y)[idx][ok] == yy[ok]).all()
     seen.clear()
-    CIMTransformer(**tiny, group_triplets=False).fit(X, y, groups=groups)
+    CIMTransformer(**tiny, group_triplets=False, invariance_weight=0.0).fit(X, y, groups=groups)
     assert not seen
+    # the invariance term draws them too: one draw per step, shared by both terms
+    triplets_only = len(list(range(0, len(X), tiny["batch_size"])))
+    CIMTransformer(**tiny, group_triplets=False).fit(X, y, groups=groups)
+    assert len(seen) == triplets_only
+    seen.clear()
+    CIMTransformer(**tiny).fit(X, y, groups=groups)
+    assert len(seen) == triplets_only
 
 
 def test_mask_threshold_zeroes_dimmed_pixels(nuisance_images, tiny):
     X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny, mask_threshold=None).fit(X, y, groups=groups)
+    cim = CIMTransformer(**tiny, hard_mask=False, mask_threshold=None).fit(X, y, groups=groups)
     soft = cim.masks(X)
-    cim.set_params(mask_threshold="auto")  # with groups: 0.2
-    np.testing.assert_array_equal(cim.masks(X), np.where(soft >= 0.2, soft, 0))
+    assert 0 < soft.min() and len(np.unique(soft)) > 2
+    cim.set_params(mask_threshold="auto")  # soft masks: no cut
+    np.testing.assert_array_equal(cim.masks(X), soft)
     threshold = float(np.median(soft))
     cim.set_params(mask_threshold=threshold)
     hard = cim.masks(X)
     np.testing.assert_array_equal(hard, np.where(soft >= threshold, soft, 0))
     assert (hard == 0).mean() > 0.4
     np.testing.assert_allclose(cim.transform(X), hard * X, atol=1e-6)
+
+
+def test_hard_masks_keep_or_drop_whole_pixels_in_training_and_transform(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny, hard_mask=False).fit(X, y, groups=groups)
+    soft = cim.masks(X)
+    cim.set_params(hard_mask=True)  # the cut of a hard mask: the net's output >= 0.5
+    hard = cim.masks(X)
+    np.testing.assert_array_equal(hard, (soft >= HARD_MASK_CUT).astype(np.float32))
+    np.testing.assert_allclose(cim.transform(X), hard * X, atol=1e-6)
+    # in training the head sees the cut images, and the gradient reaches the mask net
+    module = CIMTransformer(**tiny).fit(X, y, groups=groups).net_.module_
+    x = torch.as_tensor(X[:4])
+    mask, psi, _ = module(x)
+    torch.testing.assert_close(psi, (mask >= HARD_MASK_CUT).float() * x)
+    psi.sum().backward()
+    assert module.mask_net.out.weight.grad.abs().sum() > 0
 
 
 def test_inferred_groups_are_kept_and_follow_the_simple_feature(tiny):
@@ -134,12 +165,41 @@ def test_inferred_groups_are_kept_and_follow_the_simple_feature(tiny):
     X = rng.rand(n, 3, 8, 8).astype(np.float32) * 0.2
     X[:, 1] += 0.6 * y[:, None, None]  # a colour the weak proxy reads
     X[:5, 1] += 0.6  # 5 class-0 images with class 1's colour
-    cim = CIMTransformer(**tiny, infer_groups=True).fit(X, y)
-    assert cim.group_aware_ and cim.groups_.shape == (n,)
     colour = (X[:, 1].mean(axis=(1, 2)) > 0.4).astype(int)
-    assert np.mean(cim.groups_ == colour) > 0.95
+    for strategy in (True, "linear"):
+        cim = CIMTransformer(**tiny, infer_groups=strategy).fit(X, y)
+        assert cim.group_aware_ and cim.groups_.shape == (n,)
+        assert np.mean(cim.groups_ == colour) > 0.95
     errors = CIMTransformer(**tiny, infer_groups="errors").fit(X, y)
     np.testing.assert_array_equal(errors.groups_, (cim.groups_ == y).astype(int))
+
+
+def _shape_and_patch(n=300, seed=0):
+    """Class: a grey bar at the top or the bottom; nuisance: a small coloured
+    patch at a random position on the left, red or green, agreeing with the
+    class for 90% of the images."""
+    rng = np.random.RandomState(seed)
+    y = rng.randint(0, 2, n)
+    patch = np.where(rng.rand(n) < 0.9, y, 1 - y)
+    X = rng.rand(n, 3, 12, 12).astype(np.float32) * 0.1
+    X[y == 0, :, 1:3, 3:11] += 0.6
+    X[y == 1, :, 9:11, 3:11] += 0.6
+    rows = rng.randint(4, 7, n)
+    for i in range(n):
+        X[i, patch[i], rows[i]:rows[i] + 2, 0:2] = 1.0
+    return X, y, patch
+
+
+def test_local_proxy_follows_a_small_patch_where_the_linear_one_follows_the_object():
+    X, y, patch = _shape_and_patch()
+    conflicting = patch != y
+    local = infer_groups(X, y, "local", 0)
+    linear = infer_groups(X, y, "linear", 0)
+    # on the images where the patch disagrees with the class, the local proxy
+    # predicts the patch's class and the linear one the object's
+    assert np.mean(local[conflicting] == patch[conflicting]) > 0.8
+    assert np.mean(linear[conflicting] == patch[conflicting]) < 0.5
+    assert np.mean(local == patch) > 0.9
 
 
 def test_pipeline_routes_groups_to_the_cim_only(nuisance_images, tiny, routing):
@@ -191,7 +251,6 @@ def test_string_groups_and_codes():
     labels, codes = check_groups(np.array(["red", "blue", "red", "green"]), 4)
     assert codes.tolist() == [2, 0, 2, 1] and labels == ["blue", "green", "red"]
     assert check_groups(["a", 1, "a", 1], 4)[1].tolist() in ([0, 1, 0, 1], [1, 0, 1, 0])
-    assert cell_codes([0, 0, 1, 1], [0, 1, 0, 0]).tolist() == [0, 1, 2, 2]
 
 
 @pytest.mark.parametrize("groups, match", [
@@ -321,7 +380,7 @@ def test_warm_calls_encode_groups_as_the_first_fit(nuisance_images, tiny):
 def test_a_mask_that_cuts_every_pixel_warns(nuisance_images, tiny):
     # a sparsity pressure that wins outright: after the 0.2 cut, psi(x) is all zero
     X, y, groups = nuisance_images
-    params = dict(tiny, max_epochs=5, mask_weight=20.0, lr=0.1)
+    params = dict(tiny, max_epochs=5, mask_weight=50.0, lr=0.1)
     with pytest.warns(ConvergenceWarning, match="mask keeps 0.0% of the pixels"):
         cim = CIMTransformer(**params).fit(X, y, groups=groups)
     assert not cim.transform(X).any()  # the warning tells the truth
@@ -340,9 +399,10 @@ def test_the_collapse_check_neither_undoes_a_fit_nor_misreads_its_input(nuisance
     frame = pd.DataFrame(X.reshape(len(X), -1)).add_prefix("px")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", RemovalWarning)  # two steps keep the nuisance
         CIMTransformer(**tiny, image_shape=(3, 8, 8)).fit(frame, y, groups=groups)
     # a cut no sigmoid mask reaches: nothing is kept, whatever the training
-    cim = CIMTransformer(**tiny, mask_threshold=1.0)
+    cim = CIMTransformer(**tiny, hard_mask=False, mask_threshold=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         with pytest.raises(ConvergenceWarning, match="keeps 0.0%"):
@@ -352,3 +412,35 @@ def test_the_collapse_check_neither_undoes_a_fit_nor_misreads_its_input(nuisance
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         cim.partial_fit(X, y, groups=groups)
+
+
+def test_group_mean_gap_by_hand():
+    from sklearn_cim._objective import group_mean_gap
+    diff = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [2.0, 2.0], [5.0, 5.0],
+                         [7.0, 7.0]])
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])
+    valid = torch.tensor([True, True, True, True, False, True])
+    half = torch.tensor([True, False, True, False, True, True])
+    # group 0: A mean (1, 0), B mean (3, 2) -> 3; share 2/5
+    # group 1: A mean (0, 4) (row 4 is not valid), B mean (2, 2) -> 8; share 2/5
+    # group 2: only in A -> 0
+    expected = 2 / 5 * 3 + 2 / 5 * 8
+    assert float(group_mean_gap(diff, groups, valid, half)) == pytest.approx(expected)
+    # no group gap when, within each group, both halves agree on a zero mean
+    same = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [2.0, 0.0], [-2.0, 0.0]])
+    assert float(group_mean_gap(same, torch.tensor([0, 0, 0, 0]),
+                                torch.ones(4, dtype=torch.bool),
+                                torch.tensor([True, True, False, False]))) == 0.0
+
+
+def test_invariance_weight_enters_the_loss(nuisance_images, tiny):
+    X, y, groups = nuisance_images
+    without = CIMTransformer(**tiny, invariance_weight=0.0).fit(X, y, groups=groups)
+    assert "train_invariance" not in without.history_[-1]
+    cim = CIMTransformer(**tiny, invariance_weight=7.0).fit(X, y, groups=groups)
+    net = cim.net_
+    assert net.objective.invariance_weight == 7.0
+    h = cim.history_[-1]
+    weighted = sum(h["train_" + k] * w for k, w in (
+        ("ce", 1.0), ("triplet", 1.0), ("mask", 0.3), ("invariance", 7.0)))
+    assert h["train_loss"] == pytest.approx(weighted, rel=1e-4)

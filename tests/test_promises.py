@@ -32,9 +32,12 @@ PROMISES = {
         "mining": "test_promises::test_hard_mining_draws_harder_triplets_than_random",
         "pair_transform": "test_promises::test_pair_transform_chooses_what_psi_is_compared_with",
         "mask_weight": "test_promises::test_mask_weight_lowers_the_mask",
+        "hard_mask": (
+            "test_groups::test_hard_masks_keep_or_drop_whole_pixels_in_training_and_transform"),
         "mask_threshold": "test_groups::test_mask_threshold_zeroes_dimmed_pixels",
         "group_weighting": "test_promises::test_group_weighting_none_is_the_unweighted_head",
         "group_triplets": "test_groups::test_group_triplets_contrast_across_groups",
+        "invariance_weight": "test_groups::test_invariance_weight_enters_the_loss",
         "adversary_weight": "test_groups::test_adversary_is_trained_against_by_the_mask",
         "infer_groups": "test_groups::test_inferred_groups_are_kept_and_follow_the_simple_feature",
         "per_channel_mask": "test_cim::test_rgb_rows_and_per_channel_masks",
@@ -237,12 +240,13 @@ def test_distance_is_what_the_triplet_term_measures(images, tiny):
 
 
 def test_group_weighting_none_is_the_unweighted_head(nuisance_images, tiny):
-    """With triplets and the mask penalty off, the group-aware fit with
-    group_weighting="none" trains the plain cross-entropy: the same model as the
-    paper's objective; "balanced" trains another one."""
+    """With triplets, the invariance term, the mask penalty and the hard mask
+    off, the group-aware fit with group_weighting="none" trains the plain
+    cross-entropy: the same model as the paper's objective; "balanced" trains
+    another one."""
     X, y, groups = nuisance_images
     params = {**tiny, "triplet_weight": 0.0, "mask_weight": 0.0, "mask_threshold": None,
-              "max_epochs": 2}
+              "invariance_weight": 0.0, "hard_mask": False, "max_epochs": 2}
     plain = CIMTransformer(**params).fit(X, y)
     none = CIMTransformer(**params, group_weighting="none").fit(X, y, groups=groups)
     balanced = CIMTransformer(**params).fit(X, y, groups=groups)

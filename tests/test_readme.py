@@ -94,3 +94,15 @@ def test_datasets_snippet_runs(tmp_path, monkeypatch):
     assert (tmp_path / "masks.png").exists()
     assert len(scope["pipe"].predict(scope["flat"](scope["d"].X_test_ood))) == len(
         scope["d"].y_test)
+
+
+@pytest.mark.slow
+def test_removal_check_snippet_runs(capsys):
+    scope = {}
+    exec(_docs_snippet("docs/user_guide/method.rst", "removal_score", "GridSearchCV(pipe"),
+         scope)
+    search = scope["search"]
+    assert search.best_estimator_.named_steps["cim"].distance == "l2"  # tiny settings
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == 3 and search.best_index_ == int(scores.argmax())
+    assert "balanced_accuracy" in capsys.readouterr().out
