@@ -19,10 +19,21 @@ without ``--mnist``), fits
 * CIM -> VIB: the same fitted CIM, then ``VIBClassifier``;
 * CIM+VIB joint: ``CIMTransformer(head="vib")`` (mask trained with a VIB
   head), then ``VIBClassifier``;
+* ERM CNN, group-balanced CNN, GroupDRO CNN: the CIM head's architecture
+  (``ConvClassifier``) trained on raw pixels with plain, cell-balanced, or
+  GroupDRO cross-entropy (Sagawa et al. 2020: online exponential weights over
+  the (class, nuisance) cells, step ``DRO_STEP``); what a user would do instead;
+* group CIM -> CNN: the same CNN (plain cross-entropy) on psi(X);
+* group CIM -> LR (batch 32): the group CIM at ``batch_size=32`` (four times
+  the optimizer steps; the recipe that collapsed before);
 * oracle: ``LogisticRegression`` trained and tested without the nuisance;
+  oracle CNN: the ERM CNN, trained and tested without it (the CNN rows' gap
+  is measured from ERM CNN to oracle CNN);
 
 and prints JSON lines (in-distribution, OOD and worst-group OOD accuracy, groups
-being class x whether the nuisance agrees with the label) and a
+being class x whether the nuisance agrees with the label; for the CIM rows also
+the removal check ``removal_check_`` and the mean mask on object and nuisance
+pixels of the OOD images) and a
 mean +- std table with the share of the ERM-to-oracle OOD gap that each model
 closes. ``--ablation`` fits CIM -> LR variants (mining, pair_transform,
 distance, triplet_weight) on one seed.
@@ -35,6 +46,7 @@ distance, triplet_weight) on one seed.
 import argparse
 import json
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -43,6 +55,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from sklearn_cim import CIMTransformer, TrunkWeightsUnavailableError, VIBClassifier
+from sklearn_cim._networks import ConvClassifier
 from sklearn_cim.datasets import agreement_groups, load_colored_mnist, make_colored_digits
 from sklearn_cim.metrics import worst_group_accuracy
 
@@ -89,19 +102,90 @@ def jtt(X, y):
     return lr().fit(X, y, sample_weight=weight)
 
 
-MODELS = ("ERM", "group-balanced LR", "JTT (LR)", "CIM -> LR", "group CIM -> LR",
-          "inferred-group CIM -> LR", "VIB", "CIM -> VIB", "group CIM -> VIB",
-          "CIM+VIB joint", "oracle")
+#: The CNN baselines: epochs, batch size, Adam lr, and GroupDRO's step size.
+CNN_EPOCHS = 15
+CNN_BATCH = 128
+CNN_LR = 1e-3
+DRO_STEP = 0.01
+
+
+def cells_of(y, groups):
+    return np.unique(np.stack([y, groups], 1), axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def train_cnn(X, y, seed, *, cells=None, weighting="none", epochs=CNN_EPOCHS):
+    """The CIM head's architecture on images ``(n, C, H, W)`` in [0, 1]:
+    ``weighting`` "none" (ERM), "balanced" (every cell of ``cells`` weighs the
+    same) or "dro" (GroupDRO over ``cells``). Returns a predict function."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    classes = np.unique(y)
+    net = ConvClassifier(X.shape[1], len(classes), 32)
+    opt = torch.optim.Adam(net.parameters(), CNN_LR)
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    yt = torch.from_numpy(np.searchsorted(classes, y))
+    if weighting != "none":
+        ct = torch.from_numpy(cells)
+        n_cells = int(ct.max()) + 1
+        counts = torch.bincount(ct, minlength=n_cells).float()
+        weight = (len(ct) / (n_cells * counts))[ct]
+        q = torch.full((n_cells,), 1.0 / n_cells)
+    for _ in range(epochs):
+        order = torch.randperm(len(Xt), generator=gen)
+        for i in range(0, len(Xt), CNN_BATCH):
+            b = order[i:i + CNN_BATCH]
+            per = torch.nn.functional.cross_entropy(net(Xt[b]), yt[b], reduction="none")
+            if weighting == "balanced":
+                loss = (per * weight[b]).mean()
+            elif weighting == "dro":
+                cb = ct[b]
+                sums = torch.zeros(n_cells).index_add(0, cb, per)
+                n_b = torch.bincount(cb, minlength=n_cells).float()
+                present = n_b > 0
+                cell_loss = sums / n_b.clamp_min(1)
+                with torch.no_grad():
+                    q[present] *= torch.exp(DRO_STEP * cell_loss[present])
+                    q /= q.sum()
+                loss = (q[present] * cell_loss[present]).sum() / q[present].sum()
+            else:
+                loss = per.mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+
+    def predict(Z):
+        with torch.no_grad():
+            out = [net(torch.from_numpy(np.ascontiguousarray(Z[i:i + 512], dtype=np.float32)))
+                   for i in range(0, len(Z), 512)]
+        return classes[torch.cat(out).argmax(1).numpy()]
+    return predict
+
+
+def nuisance_pixels(data, X, X_clean):
+    """Boolean ``(n, H, W)`` maps of object and nuisance pixels of images X."""
+    if data.nuisance == "background":  # the clean background is mid-grey
+        grey = 2 * X_clean[:, 0] - 1
+        return grey > 0.5, grey < 0.05
+    return X_clean[:, 0] > 0.5, np.abs(X - X_clean).max(1) > 0
+
+
+MODELS = ("ERM", "group-balanced LR", "JTT (LR)", "ERM CNN", "group-balanced CNN",
+          "GroupDRO CNN", "CIM -> LR", "group CIM -> LR", "group CIM -> CNN",
+          "group CIM -> LR (batch 32)", "inferred-group CIM -> LR", "VIB", "CIM -> VIB",
+          "group CIM -> VIB", "CIM+VIB joint", "oracle", "oracle CNN")
 
 
 def run(data, cim_params, vib_params, models, emit, group_params=None, **tags):
     group_params = group_params or {}
+    seed = tags.get("seed", 0)
     side = data.X_train.shape[-1]
     X_tr, X_id, X_ood = (flat(data[k]) for k in ("X_train", "X_test_id", "X_test_ood"))
     vib = VIBClassifier(image_shape=(3, side, side), **vib_params)
 
-    def record(name, seconds, predict, Z_id, Z_ood):
-        emit(dict(tags, model=name, fit_s=round(seconds, 1), **scores(predict, Z_id, Z_ood, data)))
+    def record(name, seconds, predict, Z_id, Z_ood, **facts):
+        emit(dict(tags, model=name, fit_s=round(seconds, 1), **scores(predict, Z_id, Z_ood, data),
+                  **facts))
 
     def timed(fn):
         start = time.perf_counter()
@@ -126,29 +210,61 @@ def run(data, cim_params, vib_params, models, emit, group_params=None, **tags):
     if "VIB" in models:
         m, s = timed(lambda: clone(vib).fit(X_tr, data.y_train))
         record("VIB", s, m.predict, X_id, X_ood)
+    images = (-1, 3, side, side)
+    cells = cells_of(data.y_train, nuisance_train)
+    for name, weighting in (("ERM CNN", "none"), ("group-balanced CNN", "balanced"),
+                            ("GroupDRO CNN", "dro")):
+        if name in models:
+            predict, s = timed(lambda: train_cnn(data.X_train, data.y_train, seed,
+                                                 cells=cells, weighting=weighting))
+            record(name, s, lambda Z: predict(Z.reshape(images)), X_id, X_ood)
+    if "oracle CNN" in models:
+        predict, s = timed(lambda: train_cnn(data.X_train_clean, data.y_train, seed))
+        clean = flat(data.X_test_clean)
+        record("oracle CNN", s, lambda Z: predict(Z.reshape(images)), clean, clean)
     variants = (
         (("CIM -> LR", "CIM -> VIB"), dict(head="cnn"), None),
-        (("group CIM -> LR", "group CIM -> VIB"), dict(head="cnn", **group_params),
+        (("group CIM -> LR", "group CIM -> VIB", "group CIM -> CNN"),
+         dict(head="cnn", **group_params), nuisance_train),
+        (("group CIM -> LR (batch 32)",), dict(head="cnn", **{**group_params, "batch_size": 32}),
          nuisance_train),
         (("inferred-group CIM -> LR",), dict(head="cnn", infer_groups=True, **group_params),
          None),
         (("CIM+VIB joint",), dict(head="vib"), None),
     )
+    obj, nuis = nuisance_pixels(data, data.X_test_ood, data.X_test_clean)
     for names, extra, groups in variants:
         wanted = [n for n in names if n in models]
         if not wanted:
             continue
-        cim, s_cim = timed(lambda: CIMTransformer(
-            image_shape=(3, side, side), **{**cim_params, **extra}).fit(
-            X_tr, data.y_train, groups=groups))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cim, s_cim = timed(lambda: CIMTransformer(
+                image_shape=(3, side, side), **{**cim_params, **extra}).fit(
+                X_tr, data.y_train, groups=groups))
         Z_tr, Z_id, Z_ood = (cim.transform(a) for a in (X_tr, X_id, X_ood))
+        m = cim.masks(X_ood).reshape(len(X_ood), -1, side, side)[:, 0]
+        facts = dict(mask_object=float(m[obj].mean()), mask_nuisance=float(m[nuis].mean()),
+                     warnings=sorted({type(w.message).__name__ for w in caught
+                                      if w.category.__module__.startswith("sklearn")}))
+        if cim.removal_check_ is not None:
+            facts["removal_check"] = {k: float(v) for k, v in cim.removal_check_.items()}
         if cim.groups_ is not None:
-            emit(dict(tags, model=names[0], proxy_agreement=float(
-                np.mean(cim.groups_ == nuisance_train))))
+            facts["proxy_agreement"] = float(np.mean(cim.groups_ == nuisance_train))
+            conflicting = nuisance_train != data.y_train
+            facts["proxy_agreement_conflicting"] = float(
+                np.mean(cim.groups_[conflicting] == nuisance_train[conflicting]))
+        if cim.group_aware_:
+            facts["fallback"] = bool(cim.fallback_)
         for name in wanted:
-            down = lr() if name.endswith("LR") else clone(vib)
+            if name.endswith("CNN"):
+                predict, s = timed(lambda: train_cnn(Z_tr.reshape(images), data.y_train, seed))
+                record(name, s_cim + s, lambda Z: predict(Z.reshape(images)), Z_id, Z_ood,
+                       **facts)
+                continue
+            down = lr() if "LR" in name else clone(vib)
             m, s = timed(lambda: down.fit(Z_tr, data.y_train))
-            record(name, s_cim + s, m.predict, Z_id, Z_ood)
+            record(name, s_cim + s, m.predict, Z_id, Z_ood, **facts)
 
 
 def summarise(lines):
@@ -181,9 +297,18 @@ def summarise(lines):
     return "\n".join(out)
 
 
+def baselines(model):
+    """The models whose OOD accuracies are 0% and 100% of ``model``'s gap:
+    the CNN rows' own ERM and oracle, else LogisticRegression's."""
+    if model.endswith("CNN"):
+        return "ERM CNN", "oracle CNN"
+    return "ERM", "oracle"
+
+
 def summarise_wide(lines, key="ood"):
     """One Markdown table, a row per model and a column per split: mean +- std
-    of ``key`` over the seeds and, for OOD, the share of the ERM -> oracle gap."""
+    of ``key`` over the seeds and, for OOD, the share of the ERM -> oracle gap
+    (:func:`baselines`)."""
     splits = list(dict.fromkeys((r.get("dataset"), r["nuisance"]) for r in lines if key in r))
     models = list(dict.fromkeys(r["model"] for r in lines if key in r))
     out = ["| model | " + " | ".join(f"{d} {n}" for d, n in splits) + " |",
@@ -200,7 +325,8 @@ def summarise_wide(lines, key="ood"):
                 continue
             cell = f"{v.mean():.3f} ± {v.std():.3f}"
             if key == "ood":
-                erm, oracle = values("ERM").mean(), values("oracle").mean()
+                low, high = baselines(model)
+                erm, oracle = values(low).mean(), values(high).mean()
                 cell += f" ({(v.mean() - erm) / (oracle - erm):.0%})"
             cells.append(cell)
         out.append(f"| {model} | " + " | ".join(cells) + " |")
@@ -211,8 +337,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", help="directory with MNIST idx files (default: load_digits)")
     parser.add_argument("--n-train", type=int, default=4000)
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="side of make_colored_digits' images (MNIST stays 28)")
     parser.add_argument("--p-train", type=float, default=0.95)
-    parser.add_argument("--nuisances", nargs="+", default=["background", "corner"])
+    parser.add_argument("--nuisances", nargs="+", default=["background", "corner"],
+                        choices=["background", "corner", "mark"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=5, help="CIM epochs (paper objective)")
     parser.add_argument("--group-epochs", type=int, default=None,
@@ -269,12 +398,13 @@ def main(argv=None):
             if args.mnist:
                 data = load_colored_mnist(args.mnist, n_train=args.n_train, **common)
             else:
-                data = make_colored_digits(**common)
+                data = make_colored_digits(image_size=args.image_size, **common)
             cim_params = dict(pretrained=pretrained, max_epochs=args.epochs,
                               device=args.device, random_state=seed, **args.cim)
             vib_params = dict(max_epochs=args.vib_epochs, device=args.device,
                               random_state=seed)
             tags = dict(nuisance=nuisance, seed=seed, n_train=len(data.y_train),
+                        image_size=int(data.X_train.shape[-1]),
                         p_train=args.p_train, cim=args.cim, pretrained=pretrained,
                         dataset="mnist" if args.mnist else "digits")
             if args.ablation:
