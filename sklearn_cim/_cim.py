@@ -14,7 +14,13 @@ from ._batching import batched_apply
 from ._devices import PRECISIONS, resolve_device, resolve_precision
 from ._distances import DISTANCES, LPIPS_TRUNKS
 from ._estimator import TorchEstimatorMixin
-from ._groups import GROUP_WEIGHTINGS, INFER_GROUPS, check_groups, infer_groups
+from ._groups import (
+    GROUP_WEIGHTINGS,
+    INFER_GROUPS,
+    check_groups,
+    check_groups_vary_within_classes,
+    infer_groups,
+)
 from ._networks import HARD_MASK_CUT, CIMModule
 from ._objective import CIMNet, CIMObjective
 from ._removal import MAX_ROWS as _REMOVAL_ROWS
@@ -700,6 +706,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             labels, codes = check_groups(
                 groups, len(X), labels=None if known is None else known.tolist(),
                 allow_single=warm)
+            if not warm:  # a warm batch may hold a single class per group
+                check_groups_vary_within_classes(groups, codes, y_enc)
             self.group_labels_ = np.asarray(labels, dtype=object)
             return codes
         if not warm:

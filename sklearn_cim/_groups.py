@@ -82,6 +82,42 @@ def check_groups(groups, n_samples, labels=None, allow_single=False):
     return labels, codes
 
 
+def check_groups_vary_within_classes(groups, codes, y):
+    """Refuse groups that never vary within a class: (class, attribute)
+    combination ids, the convention of GroupDRO and of this package's loaders'
+    ``groups_*``. The group-aware objective needs the attribute itself (the
+    nuisance): with combination ids no image shares an anchor's group but not
+    its class, and the bias-contrastive triplet term would be 0 throughout.
+
+    ``groups`` are the labels given, ``codes`` their integer codes, ``y``
+    integer classes. The message names the exact fix when the ids are
+    ``k * y + attribute`` with integer labels.
+    """
+    n_groups = int(codes.max()) + 1
+    classes_per_group = np.zeros(n_groups, dtype=np.int64)
+    pairs = np.unique(np.stack([codes, y], axis=1), axis=0)
+    np.add.at(classes_per_group, pairs[:, 0], 1)
+    if classes_per_group.max() > 1:
+        return
+    fix = "pass the attribute itself (the background, site or scanner of each image)"
+    values = np.asarray(groups)
+    if values.dtype.kind in "iu":
+        for k in range(2, int(values.max()) + 2):
+            attribute = values - k * y
+            if attribute.min() >= 0 and attribute.max() < k:
+                fix = (f"they read as {k} * y + attribute (y: the class codes 0..n-1): "
+                       f"pass groups % {k}" if np.array_equal(attribute, values % k)
+                       else f"pass groups - {k} * y")
+                break
+    raise ValueError(
+        "Every group holds images of a single class, so the groups look like (class, "
+        "attribute) combination ids (as GroupDRO's, or the loaders' groups_train = "
+        "y * 10 + colour). The group-aware objective needs the nuisance attribute, which "
+        f"varies within a class: {fix} (make_colored_digits and load_colored_mnist: "
+        "nuisance_train). If the nuisance never varies within a class in your data, "
+        "nothing can be balanced or contrasted: fit without groups.")
+
+
 def balanced_weights(cells):
     """Inverse-frequency weight of each sample's cell, with mean 1 over the samples:
     every (class, group) cell then carries the same total weight."""

@@ -69,7 +69,7 @@ _QUICK_CIM_PARAMS = dict(distance="l2", max_epochs=1, batch_size=32, tn_width=4,
 _QUICK_VIB_PARAMS = dict(max_epochs=1, batch_size=32, latent_dim=4, hidden_layer_sizes=(16,),
                          conv_width=4, n_test_samples=2)
 
-_TRAIN_KEYS = ("X_train", "y_train", "groups_train", "X_train_clean")
+_TRAIN_KEYS = ("X_train", "y_train", "nuisance_train", "groups_train", "X_train_clean")
 _TEST_KEYS = ("X_test_id", "groups_test_id", "X_test_ood", "groups_test_ood", "y_test",
               "X_test_clean")
 
@@ -276,7 +276,7 @@ def _run(args):
             return cim, _timed_fit(cim, X_train, y, **fit_params)
 
     # the training images' nuisance (colour index), the groups a user would know
-    nuisance = data.groups_train % 10
+    nuisance = data.nuisance_train
     group_cim, group_s = fit_cim(cim_params, groups=nuisance)
     inferred_cim, inferred_s = fit_cim(dict(cim_params, infer_groups=True))
     cim, cim_s = fit_cim(cim_params)

@@ -18,8 +18,8 @@ from sklearn_cim.datasets import (
 )
 
 BUNCH_KEYS = {
-    "X_train", "y_train", "groups_train", "X_test_id", "groups_test_id", "X_test_ood",
-    "groups_test_ood", "y_test", "X_train_clean", "X_test_clean", "nuisance", "p_train",
+    "X_train", "y_train", "nuisance_train", "groups_train", "X_test_id", "nuisance_test_id",
+    "groups_test_id", "X_test_ood", "nuisance_test_ood", "groups_test_ood", "y_test", "X_train_clean", "X_test_clean", "nuisance", "p_train",
     "shift", "DESCR",
 }
 REAL_MNIST = "/work/shared/data/mnist"
@@ -228,6 +228,14 @@ def test_make_colored_digits_clean_has_no_nuisance(digits):
     # The same digits as the coloured images: where those are white, so are these.
     white = digits.X_train.min(axis=1) == 1
     assert white.any() and (digits.X_train_clean[:, 0][white] == 1).all()
+
+
+def test_nuisance_is_the_attribute_and_groups_the_cells(digits):
+    for split in ("train", "test_id", "test_ood"):
+        nuisance = digits[f"nuisance_{split}"]
+        y = digits.y_train if split == "train" else digits.y_test
+        np.testing.assert_array_equal(digits[f"groups_{split}"], y * 10 + nuisance)
+        assert nuisance.min() >= 0 and nuisance.max() < 10
 
 
 def test_make_colored_digits_corner():

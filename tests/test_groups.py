@@ -444,3 +444,22 @@ def test_invariance_weight_enters_the_loss(nuisance_images, tiny):
     weighted = sum(h["train_" + k] * w for k, w in (
         ("ce", 1.0), ("triplet", 1.0), ("mask", 0.3), ("invariance", 7.0)))
     assert h["train_loss"] == pytest.approx(weighted, rel=1e-4)
+
+
+def test_combination_ids_are_refused_with_the_exact_fix(tiny):
+    """(class, attribute) ids never vary within a class: no image shares an
+    anchor's group but not its class, so the bias-contrastive triplet term would
+    be 0 throughout (it was, silently, with the README's groups_train)."""
+    from sklearn_cim.datasets import make_colored_digits
+    d = make_colored_digits(image_size=8, test_size=0.8, random_state=0)
+    X, y = d.X_train, d.y_train
+    with pytest.raises(ValueError, match=r"combination ids .* pass groups % 10 "
+                                         r"\(make_colored_digits .*nuisance_train\)"):
+        CIMTransformer(**tiny).fit(X, y, groups=d.groups_train)
+    waterbirds_style = 2 * np.searchsorted(np.unique(y), y) + (d.nuisance_train > 4)
+    with pytest.raises(ValueError, match="pass groups % 2"):
+        CIMTransformer(**tiny).fit(X, y, groups=waterbirds_style)
+    with pytest.raises(ValueError, match="pass the attribute itself"):
+        CIMTransformer(**tiny).fit(X, y, groups=[f"{c}-site" for c in y])
+    cim = CIMTransformer(**tiny).fit(X, y, groups=d.nuisance_train)
+    assert cim.history_[-1]["train_triplet"] > 0  # the term is in play

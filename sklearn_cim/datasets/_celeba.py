@@ -63,7 +63,9 @@ def load_celeba(root, *, target="Blond_Hair", group_attr="Male", size=64, splits
     -------
     data : :class:`~sklearn.utils.Bunch`
         ``X`` uint8 ``(n, 3, size, size)``; ``y`` int64 in {0, 1};
-        ``groups = y * 2 + attr`` (``attr`` = ``group_attr`` in {0, 1});
+        ``nuisance`` = ``group_attr`` in {0, 1} (what ``CIMTransformer.fit``
+        takes as ``groups``); ``groups = y * 2 + nuisance`` (the cells, for
+        group metrics);
         ``split`` int64; ``filenames`` (object array of str).
 
     Raises
@@ -107,5 +109,6 @@ def load_celeba(root, *, target="Blond_Hair", group_attr="Male", size=64, splits
     attr = (values[keep, names.index(group_attr)] == 1).astype(np.int64)
     return Bunch(
         X=read_images(os.path.join(root, "img_align_celeba"), filenames[keep], size),
-        y=y, groups=y * 2 + attr, split=split[keep], filenames=filenames[keep],
+        y=y, nuisance=attr, groups=y * 2 + attr, split=split[keep],
+        filenames=filenames[keep],
     )

@@ -239,14 +239,17 @@ def _nuisance_bunch(g_train, y_train, g_test, y_test, *, nuisance, p_train, shif
         f"Coloured digits: {source}. Nuisance {nuisance!r}: in training and the "
         f"in-distribution test set its colour agrees with the label with probability "
         f"{p_train} (otherwise another class's colour); in the out-of-distribution test "
-        f"set it is drawn with shift={shift!r}. groups = y * {n_nuis} + colour index. "
+        f"set it is drawn with shift={shift!r}. nuisance = the colour index (what "
+        f"CIMTransformer.fit takes as groups); groups = y * {n_nuis} + nuisance, the "
+        "(class, nuisance) cells, for group metrics. "
         "X_*_clean hold the same digits without the nuisance (mid-grey background, or no "
         "corner patch), the data of an oracle. Images are float32 (n, 3, H, W) in [0, 1]."
     )
     return Bunch(
-        X_train=X_train, y_train=y_train, groups_train=y_train * n_nuis + i_train,
-        X_test_id=X_id, groups_test_id=y_test * n_nuis + i_id,
-        X_test_ood=X_ood, groups_test_ood=y_test * n_nuis + i_ood,
+        X_train=X_train, y_train=y_train, nuisance_train=i_train,
+        groups_train=y_train * n_nuis + i_train,
+        X_test_id=X_id, nuisance_test_id=i_id, groups_test_id=y_test * n_nuis + i_id,
+        X_test_ood=X_ood, nuisance_test_ood=i_ood, groups_test_ood=y_test * n_nuis + i_ood,
         y_test=y_test,
         X_train_clean=_render(g_train, clean, None), X_test_clean=_render(g_test, clean, None),
         nuisance=nuisance, p_train=p_train, shift=shift, DESCR=descr,
@@ -281,13 +284,18 @@ def make_colored_digits(*, nuisance="background", p_train=0.95, shift="random",
     Returns
     -------
     data : :class:`~sklearn.utils.Bunch`
-        ``X_train``, ``y_train``, ``groups_train``; ``X_test_id``,
-        ``groups_test_id`` (in distribution); ``X_test_ood``,
+        ``X_train``, ``y_train``, ``nuisance_train``, ``groups_train``;
+        ``X_test_id``, ``nuisance_test_id``, ``groups_test_id`` (in
+        distribution); ``X_test_ood``, ``nuisance_test_ood``,
         ``groups_test_ood``; ``y_test`` (labels of both test sets);
         ``X_train_clean``, ``X_test_clean`` (no nuisance: mid-grey background,
         or no corner patch or mark); ``nuisance``, ``p_train``, ``shift``, ``DESCR``.
-        Images are float32 ``(n, 3, image_size, image_size)`` in [0, 1];
-        ``groups = y * 10 + colour index`` (class x nuisance).
+        Images are float32 ``(n, 3, image_size, image_size)`` in [0, 1].
+        ``nuisance_*`` is each image's colour index, the attribute to pass as
+        ``CIMTransformer.fit(..., groups=data.nuisance_train)``;
+        ``groups_* = y * 10 + nuisance_*`` are the (class, nuisance) cells,
+        for group metrics (a ``fit`` refuses them: they never vary within a
+        class).
 
     Examples
     --------

@@ -59,9 +59,11 @@ def load_waterbirds(root, *, size=64, splits=None):
     Returns
     -------
     data : :class:`~sklearn.utils.Bunch`
-        ``X`` uint8 ``(n, 3, size, size)``; ``y`` int64; ``groups = y * 2 +
-        place`` int64; ``split`` int64; ``filenames`` (object array of str),
-        in the order of ``metadata.csv``.
+        ``X`` uint8 ``(n, 3, size, size)``; ``y`` int64; ``nuisance`` (the
+        place, int64: what ``CIMTransformer.fit`` takes as ``groups``);
+        ``groups = y * 2 + place`` int64 (the (class, place) cells, for group
+        metrics); ``split`` int64; ``filenames`` (object array of str), in the
+        order of ``metadata.csv``.
 
     Raises
     ------
@@ -84,6 +86,7 @@ def load_waterbirds(root, *, size=64, splits=None):
     meta = {k: v[keep] for k, v in meta.items()}
     return Bunch(
         X=read_images(root, meta["img_filename"], size),
-        y=meta["y"], groups=meta["y"] * 2 + meta["place"], split=meta["split"],
+        y=meta["y"], nuisance=meta["place"], groups=meta["y"] * 2 + meta["place"],
+        split=meta["split"],
         filenames=meta["img_filename"],
     )
