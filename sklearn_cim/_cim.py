@@ -574,11 +574,19 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
 
     def _check_image_shape_for_distance(self, shape):
         if self.triplet_weight > 0 and self.distance in LPIPS_TRUNKS and shape[0] not in (1, 3):
+            c, h, w = shape
+            if w in (1, 3):  # rows of channels-last images, read channels first
+                fix = (f"image_shape is channels first: for {w}-channel {c}x{h} images write "
+                       f"image_shape=({w}, {c}, {h}), and if the rows were flattened from "
+                       f"channels-last images (n, {c}, {h}, {w}), reorder them: "
+                       f"X.reshape(-1, {c}, {h}, {w}).transpose(0, 3, 1, 2).reshape(len(X), "
+                       "-1); or pass the images themselves, 4-D")
+            else:
+                fix = ("for images of other channel counts use distance='ssim' or 'l2', or "
+                       "set triplet_weight=0")
             raise ValueError(
-                f"LPIPS compares grayscale or RGB images, but image_shape={shape} has "
-                f"{shape[0]} channels. Check image_shape (channels first: (C, H, W)) "
-                "or use distance='ssim' or 'l2'."
-            )
+                f"LPIPS compares grayscale or RGB images, but the images are read as "
+                f"{shape} (channels first: {c} channels of {h}x{w}); {fix}.")
 
     def _fit_images(self, X, y, *, warm, epochs=None, classes=None, groups=None):
         with self._all_or_nothing():
@@ -801,16 +809,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
 
     def _apply(self, X, what):
         check_is_fitted(self)
-        X, _, shape, was_4d = validate_images(self, X, reset=False)
+        X, _, shape, layout = validate_images(self, X, reset=False)
         input_range = input_range_of(X, check_data_range(self.data_range))
         out = self._apply_validated(X, shape, input_range, what)
         if out is None:  # no rows
             out = np.empty((0,) + tuple(shape), np.float32)
         dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float32
-        out = out.astype(dtype, copy=False)
-        if was_4d:
-            return out
-        return out.reshape(len(out), -1)
+        return layout.restore(out.astype(dtype, copy=False))
 
     def _apply_validated(self, X, shape, input_range, what):
         """psi(X) ("psi"), the masks ("mask") or each row's share of kept mask

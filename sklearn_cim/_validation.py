@@ -51,7 +51,8 @@ def _explain(estimator, err):
     if msg.startswith("Found array with dim"):
         images = ""
         if "image_shape" in estimator.get_params():
-            images = ", or set image_shape=(C, H, W) to pass 4-D image batches"
+            images = (", or pass images (n, C, H, W) with image_shape=(C, H, W) to read them "
+                      "as images")
         return ValueError(
             f"{_sentence(msg)} Reshape X to 2-D (n_samples, n_features), e.g. "
             f"X.reshape(len(X), -1){images}."
@@ -224,32 +225,130 @@ def _warn_inferred_rgb(shape):
     )
 
 
-def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
-    """Validate X (2-D rows or 4-D images) and optionally y.
+#: Channel counts that mark an axis of 4-D X as the channel axis.
+_CHANNELS = (1, 3, 4)
 
-    Returns ``(X2d, y, image_shape, was_4d)`` where ``X2d`` keeps the input's
-    numeric dtype (uint8 stays uint8) and ``n_features_in_`` counts C*H*W.
-    With ``image_shape=None`` and 2-D X the shape is inferred (see
-    :func:`resolve_image_shape`); square RGB (``3*H*H`` values, which grayscale
-    images of other shapes also have) comes with a ``UserWarning``.
-    """
+
+class Layout:
+    """How the images of X were laid out, to return outputs the same way:
+    ``"rows"`` (n, C*H*W), ``"nchw"``, ``"nhwc"`` (channels last, as PIL and
+    imageio give them) or ``"nhw"`` (grayscale without a channel axis)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def images(self):
+        return self.kind != "rows"
+
+    def restore(self, out):
+        """``out`` of shape (n, C, H, W) in this layout."""
+        if self.kind == "rows":
+            return out.reshape(len(out), -1)
+        if self.kind == "nhwc":
+            return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+        if self.kind == "nhw":
+            return out[:, 0]
+        return out
+
+
+def _stack_pil(images):
+    """A list of PIL images as one array (n, H, W) or (n, H, W, C), as PIL gives."""
+    sizes = {im.size for im in images}
+    modes = {im.mode for im in images}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"X holds PIL images of {len(sizes)} sizes (e.g. {sorted(sizes)[:3]}, width x "
+            "height); resize them to one, e.g. [im.resize((64, 64)) for im in images].")
+    if len(modes) > 1:
+        raise ValueError(
+            f"X holds PIL images of modes {sorted(modes)}; convert them to one, e.g. "
+            "[im.convert('RGB') for im in images].")
+    return np.stack([np.asarray(im) for im in images])
+
+
+def _channel_axis(shape, image_shape):
+    """``"nchw"`` or ``"nhwc"`` for 4-D X of ``shape``; the rule of the docs:
+    channels first when axis 1 has 1, 3 or 4 entries and axis 3 does not,
+    channels last in the opposite case; otherwise ``image_shape`` decides, and
+    without it the ambiguous (both) are refused and the rest (neither) read
+    channels first."""
+    first, last = shape[1] in _CHANNELS, shape[3] in _CHANNELS
+    if first != last:
+        return "nchw" if first else "nhwc"
+    if image_shape is not None and len(image_shape) == 3:
+        c, h, w = image_shape
+        if tuple(shape[1:]) == (c, h, w):
+            return "nchw"
+        if tuple(shape[1:]) == (h, w, c):
+            return "nhwc"
+    if first:
+        n, a, b, c = shape
+        raise ValueError(
+            f"4-D X of shape {tuple(shape)} could hold {a}-channel {b}x{c} images "
+            f"(channels first) or {c}-channel {a}x{b} images (channels last). Pass "
+            f"image_shape=({a}, {b}, {c}) for the first reading, image_shape=({c}, {a}, {b}) "
+            f"for the second, or transpose channels-last images first: "
+            "X.transpose(0, 3, 1, 2).")
+    return "nchw"
+
+
+def _from_list(X):
+    """A list of PIL images, or nested lists of images, as an array; other X as is."""
+    if isinstance(X, (list, tuple)) and len(X) and all(hasattr(im, "getbands") for im in X):
+        return _stack_pil(X)
     if isinstance(X, (list, tuple)):
         try:
             arr = np.asarray(X)
         except (ValueError, TypeError):
-            arr = None  # ragged or odd entries: validate_data_with_fix explains
-        if arr is not None and arr.ndim > 2:
-            X = arr  # nested lists of images are read like arrays
-    was_4d = getattr(X, "ndim", None) == 4
-    shape4 = None
-    if was_4d:
+            return X  # ragged or odd entries: validate_data_with_fix explains
+        if arr.ndim > 2:
+            return arr  # nested lists of images are read like arrays
+    return X
+
+
+def _as_images(X, image_shape):
+    """Channels-last and grayscale (n, H, W) arrays as channels-first
+    ``(n, C, H, W)``, with their layout; None for other X."""
+    ndim = getattr(X, "ndim", None)
+    if ndim == 3 and hasattr(X, "shape"):
         X = np.asarray(X)
-        shape4 = tuple(X.shape[1:])
-        X = X.reshape(X.shape[0], -1)
+        return X[:, None], Layout("nhw")
+    if ndim == 4:
+        X = np.asarray(X)
+        kind = _channel_axis(X.shape, image_shape)
+        if kind == "nhwc":
+            X = np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+        return X, Layout(kind)
+    return None, Layout("rows")
+
+
+def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
+    """Validate X (2-D rows or images) and optionally y.
+
+    Images may be 4-D channels first ``(n, C, H, W)`` or channels last
+    ``(n, H, W, C)`` (see :func:`_channel_axis` for the rule), grayscale
+    ``(n, H, W)``, or a list of equally sized PIL images of one mode.
+    Returns ``(X2d, y, image_shape, layout)`` where ``X2d`` holds the images
+    as channels-first rows and keeps the input's numeric dtype (uint8 stays
+    uint8), ``n_features_in_`` counts C*H*W and ``layout`` (:class:`Layout`)
+    puts outputs back in X's layout. With ``image_shape=None`` and 2-D X the
+    shape is inferred (see :func:`resolve_image_shape`); square RGB (``3*H*H``
+    values, which grayscale images of other shapes also have) comes with a
+    ``UserWarning``.
+    """
+    if image_shape is None and not reset:
+        image_shape = getattr(estimator, "image_shape_", None)
+    X = _from_list(X)
+    images, layout = _as_images(X, image_shape)
+    shape4 = None
+    if images is not None:
+        shape4 = tuple(images.shape[1:])
+        X = images.reshape(images.shape[0], -1)
     elif getattr(X, "ndim", 2) not in (1, 2) and hasattr(X, "shape"):
         raise ValueError(
-            f"X must be 2-D (n_samples, C*H*W) or 4-D (n_samples, C, H, W); got "
-            f"{X.ndim}-D with shape {X.shape}. Reshape it to one of these layouts."
+            f"X must be 2-D (n_samples, C*H*W), images (n_samples, C, H, W) or "
+            f"(n_samples, H, W, C), or grayscale (n_samples, H, W); got {X.ndim}-D with "
+            f"shape {X.shape}. Reshape it to one of these layouts."
         )
     kwargs = dict(dtype="numeric", ensure_all_finite=True, accept_sparse=False)
     if y is None:
@@ -257,13 +356,13 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
     else:
         X, y = validate_data_with_fix(estimator, X, y, reset=reset, **kwargs)
     if reset:
-        if was_4d:
+        if images is not None:
             if image_shape is not None and resolve_image_shape(
                 image_shape, X.shape[1]
             ) != shape4:
                 raise ValueError(
-                    f"image_shape={image_shape!r} disagrees with the 4-D X of image "
-                    f"shape {shape4}; drop image_shape or make them agree."
+                    f"image_shape={image_shape!r} disagrees with the images of X, read as "
+                    f"{shape4} (channels first); drop image_shape or make them agree."
                 )
             shape = shape4
         else:
@@ -272,14 +371,14 @@ def validate_images(estimator, X, y=None, *, image_shape=None, reset=True):
                 _warn_inferred_rgb(shape)
     else:
         shape = estimator.image_shape_
-        if was_4d and shape4 != tuple(shape):
+        if images is not None and shape4 != tuple(shape):
             raise ValueError(
-                f"X has images of shape {shape4}, but {type(estimator).__name__} "
-                f"was fitted on images of shape {tuple(shape)}. Pass images of shape "
-                f"{tuple(shape)} (resize them, or check the axis order: channels "
-                "first), or fit again on the new images."
+                f"X has images of shape {shape4} (channels first), but "
+                f"{type(estimator).__name__} was fitted on images of shape {tuple(shape)}. "
+                f"Pass images of shape {tuple(shape)} (resize them), or fit again on the "
+                "new images."
             )
-    return X, y, shape, was_4d
+    return X, y, shape, layout
 
 
 def require_y(estimator, y, method):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from sklearn_cim import CIMTransformer
+from sklearn_cim import CIMTransformer, VIBClassifier
 from sklearn_cim._validation import resolve_image_shape
 
 
@@ -72,7 +72,7 @@ def test_bad_inputs_get_clear_errors(images, tiny):
     X2 = X.reshape(len(X), -1)
     cases = [
         (X[:, 0, 0, 0], y, {}, "Expected 2D array"),
-        (X[:, 0], y, {}, "must be 2-D .* or 4-D"),
+        (X[:, None], y, {}, "must be 2-D .* or grayscale"),
         (np.where(np.arange(X2.size).reshape(X2.shape) == 3, np.nan, X2), y, {}, "NaN"),
         (np.where(np.arange(X2.size).reshape(X2.shape) == 3, np.inf, X2), y, {}, "infinity"),
         (X2, y, {"image_shape": (1, 7, 7)}, "C\\*H\\*W=49 but X has 64"),
@@ -144,3 +144,55 @@ def test_bool_images_are_binary_not_8_bit(images, tiny):
     cim = _fit(Xb, y, tiny)
     np.testing.assert_allclose(cim.transform(Xb), cim.masks(Xb) * Xb, atol=1e-6)
     assert cim.input_range_ == (0.0, 1.0)
+
+
+# -- images as users hold them -------------------------------------------------------
+
+def test_channels_last_grayscale_and_pil_images_read_as_channels_first(tiny):
+    """Channels-last arrays (PIL, imageio), grayscale (n, H, W) and lists of PIL
+    images give the model and outputs of the channels-first array, in their own
+    layout."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1], 20)
+    first = (rng.rand(40, 3, 8, 8) * 255).astype(np.uint8)
+    last = np.ascontiguousarray(first.transpose(0, 2, 3, 1))
+    ref = CIMTransformer(**tiny).fit(first, y)
+    cim = CIMTransformer(**tiny).fit(last, y)
+    assert cim.image_shape_ == (3, 8, 8)
+    psi = cim.transform(last)
+    assert psi.shape == (40, 8, 8, 3)
+    np.testing.assert_array_equal(psi, ref.transform(first).transpose(0, 2, 3, 1))
+    assert cim.masks(last).shape == (40, 8, 8, 1)
+    pil = [Image.fromarray(image) for image in last]
+    np.testing.assert_array_equal(CIMTransformer(**tiny).fit(pil, y).transform(pil), psi)
+    grey = first[:, 0]
+    ref_grey = CIMTransformer(**tiny).fit(grey[:, None], y)
+    cim_grey = CIMTransformer(**tiny).fit(grey, y)
+    assert cim_grey.image_shape_ == (1, 8, 8) and cim_grey.transform(grey).shape == (40, 8, 8)
+    np.testing.assert_array_equal(cim_grey.transform(grey), ref_grey.transform(grey[:, None])[:, 0])
+    vib = VIBClassifier(image_shape=(3, 8, 8), hidden_layer_sizes=(8,), latent_dim=4,
+                        max_epochs=1, device="cpu", random_state=0)
+    np.testing.assert_array_equal(vib.fit(last, y).predict_proba(last),
+                                  vib.fit(first, y).predict_proba(first))
+
+
+def test_pil_images_of_several_sizes_or_modes_are_refused_with_the_fix(tiny):
+    Image = pytest.importorskip("PIL.Image")
+    y = np.repeat([0, 1], 2)
+    sizes = [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 9))] * 2
+    with pytest.raises(ValueError, match=r"resize them to one, e\.g\. \[im\.resize"):
+        CIMTransformer(**tiny).fit(sizes, y)
+    modes = [Image.new("RGB", (8, 8)), Image.new("L", (8, 8))] * 2
+    with pytest.raises(ValueError, match=r"im\.convert\('RGB'\)"):
+        CIMTransformer(**tiny).fit(modes, y)
+
+
+def test_image_shape_decides_an_ambiguous_axis_order(tiny):
+    rng = np.random.RandomState(0)
+    X = rng.rand(40, 3, 4, 3).astype(np.float32)  # 3 channels of 4x3, or of 3x4
+    y = np.repeat([0, 1], 20)
+    first = CIMTransformer(**tiny, image_shape=(3, 4, 3)).fit(X, y)
+    assert first.image_shape_ == (3, 4, 3) and first.transform(X).shape == X.shape
+    last = CIMTransformer(**tiny, image_shape=(3, 3, 4)).fit(X, y)
+    assert last.image_shape_ == (3, 3, 4) and last.transform(X).shape == X.shape
