@@ -19,8 +19,8 @@ from sklearn_cim.datasets import (
 
 BUNCH_KEYS = {
     "X_train", "y_train", "nuisance_train", "groups_train", "X_test_id", "nuisance_test_id",
-    "groups_test_id", "X_test_ood", "nuisance_test_ood", "groups_test_ood", "y_test", "X_train_clean", "X_test_clean", "nuisance", "p_train",
-    "shift", "DESCR",
+    "groups_test_id", "X_test_ood", "nuisance_test_ood", "groups_test_ood", "y_test",
+    "X_train_clean", "X_test_clean", "nuisance", "p_train", "shift", "DESCR",
 }
 REAL_MNIST = "/work/shared/data/mnist"
 
