@@ -324,6 +324,12 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     True
     """
 
+    # Under metadata routing, fit asks for groups unless told otherwise
+    # (set_fit_request(groups=False)): they are what the group-aware objective
+    # trains on, and a search routing them to its splitter alone would train the
+    # paper's objective without a word.
+    __metadata_request__fit = {"groups": True}
+
     def __init__(
         self,
         *,

@@ -222,14 +222,23 @@ def test_pipeline_routes_groups_to_the_cim_only(nuisance_images, tiny, routing):
 
 
 def test_grid_search_routes_groups_to_cv_and_cim(nuisance_images, tiny, routing):
+    """Without set_fit_request, fit asks for groups: a search routes them to the
+    CIM (and to a splitter that asks); an alias gives the splitter and the CIM
+    groups of their own (sites to split by, the nuisance to remove)."""
     X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny, image_shape=(3, 8, 8)).set_fit_request(groups=True)
-    pipe = Pipeline([("cim", cim), ("clf", LogisticRegression(max_iter=200))])
-    search = GridSearchCV(pipe, {"cim__mask_weight": [0.0, 1.0]}, cv=GroupKFold(2))
-    # nuisance x two sites: each training fold keeps two groups
-    site_groups = 2 * groups + np.arange(len(y)) % 2
-    search.fit(X.reshape(len(X), -1), y, groups=site_groups)
+    X = X.reshape(len(X), -1)
+    pipe = Pipeline([("cim", CIMTransformer(**tiny, image_shape=(3, 8, 8))),
+                     ("clf", LogisticRegression(max_iter=200))])
+    search = GridSearchCV(pipe, {"cim__mask_weight": [0.0, 1.0]}, cv=2, error_score="raise")
+    search.fit(X, y, groups=groups)
     assert search.best_estimator_.named_steps["cim"].group_aware_
+    sites = (np.arange(len(y)) // 2) % 4  # every site holds images of both nuisances
+    pipe.named_steps["cim"].set_fit_request(groups="nuisance")
+    search = GridSearchCV(pipe, {"cim__mask_weight": [0.0, 1.0]}, cv=GroupKFold(2),
+                          error_score="raise")
+    search.fit(X, y, groups=sites, nuisance=groups)
+    cim = search.best_estimator_.named_steps["cim"]
+    assert cim.group_aware_ and list(cim.group_labels_) == [0, 1]  # the nuisance, not sites
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
 
 
@@ -273,12 +282,25 @@ def test_infer_groups_needs_two_images_per_class(tiny):
         CIMTransformer(**{**tiny, "triplet_weight": 0.0}, infer_groups=True).fit(X, y)
 
 
-def test_groups_without_routing_request_raise_clearly(nuisance_images, tiny, routing):
+def test_routed_groups_reach_the_cim_unless_it_declines(nuisance_images, tiny, routing):
+    """Under routing, Pipeline.fit(X, y, groups=g) trains the group-aware CIM
+    without a set_fit_request call (it raised UnsetMetadataPassedError, whose
+    hint, set_transform_request, does not exist on a CIM); declining trains
+    the paper's objective; the step-parameter form is refused by Pipeline."""
     X, y, groups = nuisance_images
-    pipe = Pipeline([("cim", CIMTransformer(**tiny, image_shape=(3, 8, 8))),
-                     ("clf", LogisticRegression())])
-    with pytest.raises(Exception, match="set_fit_request"):
-        pipe.fit(X.reshape(len(X), -1), y, groups=groups)
+    X = X.reshape(len(X), -1)
+
+    def pipe():
+        return Pipeline([("cim", CIMTransformer(**tiny, image_shape=(3, 8, 8))),
+                         ("clf", LogisticRegression())])
+
+    assert pipe().fit(X, y, groups=groups).named_steps["cim"].group_aware_
+    declined = pipe()
+    declined.named_steps["cim"].set_fit_request(groups=False)
+    with pytest.raises(Exception, match="not routed to any object"):
+        declined.fit(X, y, groups=groups)  # nothing asks for them: scikit-learn says so
+    with pytest.raises(TypeError, match="cim__groups"):
+        pipe().fit(X, y, cim__groups=groups)
 
 
 @pytest.mark.parametrize("params, error", [

@@ -11,6 +11,7 @@ import re
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).parents[1]
@@ -106,3 +107,15 @@ def test_removal_check_snippet_runs(capsys):
     scores = search.cv_results_["mean_test_score"]
     assert len(scores) == 3 and search.best_index_ == int(scores.argmax())
     assert "balanced_accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_routing_snippet_runs():
+    """The data page's search under metadata routing runs as written (it raised
+    UnsetMetadataPassedError before fit asked for groups by default)."""
+    scope = {}
+    exec(_docs_snippet("docs/user_guide/data_and_metrics.rst", "make_worst_group_scorer()",
+                       "enable_metadata_routing"), scope)
+    search = scope["search"]
+    assert search.best_estimator_.named_steps["cim"].group_aware_
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
