@@ -103,7 +103,7 @@ def jtt(X, y):
 
 
 #: The CNN baselines: epochs, batch size, Adam lr, and GroupDRO's step size.
-CNN_EPOCHS = 15
+CNN_EPOCHS = 30
 CNN_BATCH = 128
 CNN_LR = 1e-3
 DRO_STEP = 0.01
