@@ -245,7 +245,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         equal seeds give bitwise-equal transforms at the same torch thread
         count. In a data-parallel fit, rank 0's seed is used by all.
     verbose : int, default=0
-        0 silent, 1 one log line per epoch, 2 also a progress bar.
+        0 silent; 1 one progress bar for the whole fit (batches of every
+        epoch, rate, ETA and the last epoch's loss terms); 2 skorch's table of
+        one line per epoch and a bar per epoch.
     callbacks : list of skorch callbacks or None, default=None
     warm_start : bool, default=False
         If True, ``fit`` on a fitted transformer continues training from its

@@ -17,7 +17,7 @@ from torch import nn
 
 from ._collectives import broadcast_int, check_agreement, check_distributed, local_device, world
 from ._devices import move_net, place_training_data, resolve_device
-from ._net import default_callbacks, fit_net, restored_on_error
+from ._net import FitProgress, default_callbacks, fit_net, net_verbosity, restored_on_error
 from ._seeding import seeded_global_rng
 from ._validation import check_number, unique_classes
 
@@ -27,7 +27,8 @@ def _same_callbacks(old, new):
     (the same objects) and both a progress bar or neither."""
     old, new = list(old or []), list(new or [])
     return len(old) == len(new) and all(
-        a is b or (isinstance(a, ProgressBar) and isinstance(b, ProgressBar))
+        a is b or any(isinstance(a, kind) and isinstance(b, kind)
+                      for kind in (ProgressBar, FitProgress))
         for a, b in zip(old, new))
 
 
@@ -107,7 +108,7 @@ class TorchEstimatorMixin:
             max_epochs=self.max_epochs,
             batch_size=self.batch_size,
             device=device,
-            verbose=verbose,
+            verbose=net_verbosity(verbose),
             callbacks=default_callbacks(verbose, self.callbacks),
             seed=seed,
             optimizer__fused=True,
@@ -149,8 +150,9 @@ class TorchEstimatorMixin:
         net.keep_optimizer_state = bool(self.keep_optimizer_state)
         net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
         net.set_params(lr=self.lr)
-        net.verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
-        callbacks = default_callbacks(net.verbose, self.callbacks)
+        verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
+        net.verbose = net_verbosity(verbose)
+        callbacks = default_callbacks(verbose, self.callbacks)
         if not _same_callbacks(net.callbacks, callbacks):  # unchanged ones keep their state
             net.callbacks = callbacks
             net.initialize_callbacks()

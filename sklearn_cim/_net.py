@@ -26,13 +26,15 @@ What it adds to skorch:
 """
 
 import copy
+import math
 import warnings
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import ProgressBar
+from skorch.callbacks import Callback, ProgressBar
+from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
 
 from ._batching import IndexBatches
@@ -250,7 +252,7 @@ class TorchNet(NeuralNet):
     # -- persistence ----------------------------------------------------------
     transient_attributes = (
         "batch_generator", "loss_generator", "epoch_term_sums", "epoch_term_count",
-        "step_module", "ddp_frozen",
+        "step_module", "ddp_frozen", "epochs_this_fit",
     )
 
     def __getstate__(self):
@@ -275,10 +277,54 @@ class TorchNet(NeuralNet):
             self.initialize_optimizer()
 
 
+class FitProgress(Callback):
+    """One progress bar for a whole fit (``verbose=1``): every batch of every
+    epoch, with tqdm's rate and ETA, and the last epoch's loss terms."""
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        epochs = getattr(net, "epochs_this_fit", None) or net.max_epochs
+        world = net.world[1] if getattr(net, "world", None) else 1
+        per_epoch = math.ceil(math.ceil(len(X) / world) / net.batch_size)
+        self.bar_ = tqdm(total=epochs * per_epoch, desc=type(net).__name__, unit="batch",
+                         leave=True, dynamic_ncols=True)
+
+    def on_batch_end(self, net, **kwargs):
+        if getattr(self, "bar_", None) is not None:
+            self.bar_.update(1)
+
+    def on_epoch_end(self, net, **kwargs):
+        if getattr(self, "bar_", None) is None:
+            return
+        last = net.history[-1]
+        terms = {k[len("train_"):]: f"{last[k]:.4g}" for k in last
+                 if k.startswith("train_") and k not in ("train_batch_count",)}
+        self.bar_.set_postfix(epoch=len(net.history), **terms, refresh=False)
+
+    def on_train_end(self, net, **kwargs):
+        if getattr(self, "bar_", None) is not None:
+            self.bar_.close()
+        self.bar_ = None
+
+    def __getstate__(self):  # the bar writes to a terminal: not pickled
+        state = dict(self.__dict__)
+        state.pop("bar_", None)
+        return state
+
+
+def net_verbosity(verbose):
+    """skorch's own verbosity for the estimators' ``verbose``: its per-epoch
+    table only from 2 (1 is :class:`FitProgress`'s single bar)."""
+    return 1 if verbose >= 2 else 0
+
+
 def default_callbacks(verbose, callbacks):
-    """User callbacks plus a progress bar when ``verbose >= 2``."""
+    """User callbacks plus progress: one bar for the whole fit at ``verbose=1``;
+    skorch's per-epoch table (``net_verbosity``) and its per-epoch batch bar
+    from ``verbose=2``."""
     out = list(callbacks or [])
-    if verbose >= 2:
+    if verbose == 1:
+        out.append(FitProgress())
+    elif verbose >= 2:
         out.append(ProgressBar())
     return out
 
@@ -311,7 +357,8 @@ def fit_net(net, X, y, seed, *, epochs=None, initialize=True):
         net.thaw_parameters()
         net.reset_generators()  # a retry, or a continuation, starts the streams its seed gives
         try:
-            net.partial_fit(X, y, epochs=epochs - (len(net.history) - start))
+            net.epochs_this_fit = epochs - (len(net.history) - start)  # for FitProgress
+            net.partial_fit(X, y, epochs=net.epochs_this_fit)
             break
         except torch.OutOfMemoryError as exc:
             smaller = net.batch_size // 2

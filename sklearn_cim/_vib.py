@@ -127,7 +127,9 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
         Seeds initialisation, batch order, training noise and the test-time
         draws. torch's global random state is left unchanged.
     verbose : int, default=0
-        0 silent, 1 one log line per epoch, 2 also a progress bar.
+        0 silent; 1 one progress bar for the whole fit (batches of every
+        epoch, rate, ETA and the last epoch's loss terms); 2 skorch's table of
+        one line per epoch and a bar per epoch.
     callbacks : list of skorch callbacks or None, default=None
     warm_start : bool, default=False
         If True, ``fit`` on a fitted classifier continues training from its

@@ -146,10 +146,17 @@ def test_read_only_memmap(images, tiny, tmp_path):
 
 
 def test_verbose_levels(images, tiny, capsys):
+    """0: silent; 1: one bar for the whole fit (3 epochs x 3 batches) ending
+    with the loss terms, no per-epoch table; 2: skorch's per-epoch table."""
     X, y = images
     CIMTransformer(**tiny).fit(X, y)
-    assert capsys.readouterr().out == ""
-    CIMTransformer(**{**tiny, "verbose": 1}).fit(X, y)
+    assert capsys.readouterr() == ("", "")
+    CIMTransformer(**{**tiny, "verbose": 1, "max_epochs": 3}).fit(X, y)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "9/9" in err and "triplet=" in err and "loss=" in err and "epoch=3" in err
+    assert err.count("0/9") == 1  # one bar, not one per epoch
+    CIMTransformer(**{**tiny, "verbose": 2}).fit(X, y)
     out = capsys.readouterr().out
     assert "train_triplet" in out and "train_loss" in out
 

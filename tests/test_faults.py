@@ -201,10 +201,14 @@ def test_continuing_follows_callbacks_and_verbose(images, tiny, kind, how, capsy
     def go_on():
         est.fit(X, y) if how == "warm_start" else est.partial_fit(X, y)
 
-    est.set_params(warm_start=True, verbose=1)
+    est.set_params(warm_start=True, verbose=2)
     go_on()
     printed = capsys.readouterr().out
     assert [line.split()[0] for line in printed.splitlines()[-1:]] == ["2"], printed
+    est.set_params(verbose=1)  # one bar for the continuation: epoch 3 of the model
+    go_on()
+    out, err = capsys.readouterr()
+    assert out == "" and "epoch=3" in err
     counter = CountEpochs()
     est.set_params(callbacks=[counter])
     go_on()
@@ -212,8 +216,8 @@ def test_continuing_follows_callbacks_and_verbose(images, tiny, kind, how, capsy
     capsys.readouterr()
     est.set_params(callbacks=None, verbose=0)
     go_on()
-    assert counter.epochs == 1 and capsys.readouterr().out == ""
-    assert len(est.history_) == 4
+    assert counter.epochs == 1 and capsys.readouterr() == ("", "")
+    assert len(est.history_) == 5
 
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
