@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, ProgressBar
-from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from ._batching import IndexBatches
 from ._collectives import all_reduce_sum
