@@ -333,6 +333,35 @@ def summarise_wide(lines, key="ood"):
     return "\n".join(out)
 
 
+def rank_agreement(lines):
+    """Spearman rank correlation, over the CIM fits that carry a removal check,
+    between the OOD accuracy of a LogisticRegression on psi(x) and each of the
+    check's two readings: ``-retained``
+    (less nuisance kept, higher) and ``balanced_accuracy``; over the whole grid
+    and within each split. ``retained`` leaves out the runs where it is NaN (a
+    nuisance a linear model cannot read in x)."""
+    from scipy.stats import spearmanr
+
+    # one row per CIM fit: its LR row (the CNN row shares the fit)
+    runs = [r for r in lines if "removal_check" in r and "CNN" not in r["model"]]
+    out = ["| runs | n | -retained vs OOD | balanced_accuracy vs OOD |", "|---|---|---|---|"]
+    splits = [("all splits", None)] + [
+        (f"{d} {n}", (d, n)) for d, n in dict.fromkeys((r["dataset"], r["nuisance"])
+                                                       for r in runs)]
+    for name, key in splits:
+        rs = [r for r in runs if key is None or (r["dataset"], r["nuisance"]) == key]
+        ood = np.array([r["ood"] for r in rs])
+        retained = np.array([r["removal_check"]["retained"] for r in rs])
+        balanced = np.array([r["removal_check"]["balanced_accuracy"] for r in rs])
+        ok = np.isfinite(retained)
+        cells = []
+        for x, y in ((-retained[ok], ood[ok]), (balanced, ood)):
+            cells.append(f"{spearmanr(x, y)[0]:.2f} ({len(x)})" if len(x) > 2
+                         and np.ptp(x) > 0 else "–")
+        out.append(f"| {name} | {len(rs)} | {cells[0]} | {cells[1]} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", help="directory with MNIST idx files (default: load_digits)")
@@ -360,6 +389,9 @@ def main(argv=None):
     parser.add_argument("--summarise", nargs="+", metavar="JSONL",
                         help="only print the table of these JSON-lines files (e.g. from "
                              "several processes, one per split and seed)")
+    parser.add_argument("--rank", action="store_true",
+                        help="with --summarise: the removal check's rank correlation "
+                             "with OOD accuracy over the CIM runs")
     parser.add_argument("--wide", choices=["ood", "worst_group", "id"],
                         help="with --summarise: one table of this metric, a column per split")
     args = parser.parse_args(argv)
@@ -368,7 +400,10 @@ def main(argv=None):
         for path in args.summarise:
             with open(path) as f:
                 lines += [json.loads(line) for line in f if line.strip()]
-        print(summarise_wide(lines, args.wide) if args.wide else summarise(lines))
+        if args.rank:
+            print(rank_agreement(lines))
+        else:
+            print(summarise_wide(lines, args.wide) if args.wide else summarise(lines))
         return
     if args.threads:
         torch.set_num_threads(args.threads)

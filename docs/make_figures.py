@@ -6,7 +6,7 @@ by hand::
     python docs/make_figures.py [OUT_DIR]
 
 Writes ``ood_accuracy.png`` (default ``docs/_figures/``, git-ignored): OOD
-accuracy per method on the four nuisance splits, bars at the mean over seeds,
+accuracy per method on the six nuisance splits of the results grid, bars at the mean over seeds,
 error bars at one standard deviation, one dot per seed. Each figure states the
 machine, date and command that produced its data.
 """
@@ -22,29 +22,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "2026-12-03-cpu-nuisance-results.jsonl"
+RESULTS = ROOT / "benchmarks" / "results" / "2026-12-06-cpu-nuisance-grid.jsonl"
 PROVENANCE = (
-    "2 CPU cores (x86_64), 2026-12-03; seeds 0, 1, 2; LPIPS-alex with a random trunk.\n"
+    "2 CPU cores (x86_64), 2026-12-06; seeds 0-4; LPIPS-alex with a random trunk.\n"
     "python benchmarks/run_nuisance_results.py --mnist ../shared/data/mnist\n"
-    "    --out benchmarks/results/2026-12-03-cpu-nuisance-results.jsonl"
+    "    --out benchmarks/results/2026-12-06-cpu-nuisance-grid.jsonl"
 )
-SPLITS = [("mnist", "corner"), ("mnist", "background"), ("digits", "background"),
-          ("digits", "corner")]
+SPLITS = [("digits", "background"), ("digits", "corner"), ("digits", "mark"),
+          ("mnist", "background"), ("mnist", "corner"), ("mnist", "mark")]
 PANELS = [
-    ("logistic regression on the pixels or on psi(x)",
-     ["ERM", "group-balanced LR", "JTT (LR)", "CIM -> LR", "group CIM -> LR",
+    ("a logistic regression on the pixels or on psi(x)",
+     ["ERM", "group-balanced LR", "JTT (LR)", "group CIM -> LR",
       "inferred-group CIM -> LR", "oracle"]),
-    ("VIB (conv encoder): compare with each other",
-     ["VIB", "CIM -> VIB", "group CIM -> VIB", "CIM+VIB joint"]),
+    ("a CNN (the CIM head's architecture) on the pixels or on psi(x)",
+     ["ERM CNN", "group-balanced CNN", "GroupDRO CNN", "group CIM -> CNN", "oracle CNN"]),
 ]
 NAMES = {"mnist": "MNIST", "digits": "digits"}
 # The file's model names and the names the Results page uses.
-LABELS = {"CIM -> LR": "CIM -> LR (paper objective)", "VIB": "VIB (pixels)",
-          "CIM -> VIB": "CIM -> VIB (paper objective)", "JTT (LR)": "JTT (LR, no groups)",
+LABELS = {"JTT (LR)": "JTT (LR, no groups)",
           "group-balanced LR": "group-balanced LR (true groups)",
           "group CIM -> LR": "group CIM -> LR (true groups)",
+          "inferred-group CIM -> LR": "inferred-group CIM -> LR (no groups)",
           "oracle": "oracle (LR, no nuisance)", "ERM": "ERM (LR on pixels)",
-          "CIM+VIB joint": 'CIM+VIB joint (head="vib")'}
+          "group-balanced CNN": "group-balanced CNN (true groups)",
+          "GroupDRO CNN": "GroupDRO CNN (true groups)",
+          "group CIM -> CNN": "group CIM -> CNN (true groups)",
+          "oracle CNN": "oracle CNN (no nuisance)"}
 
 
 def load(path=RESULTS):
@@ -60,8 +63,7 @@ def ood(rows, model, dataset, nuisance):
 
 
 def ood_figure(rows):
-    fig, axes = plt.subplots(2, 1, figsize=(8, 9.5),
-                             gridspec_kw={"height_ratios": [7, 4.5]})
+    fig, axes = plt.subplots(2, 1, figsize=(9, 9.5))
     x = np.arange(len(SPLITS))
     for ax, (title, models) in zip(axes, PANELS):
         width = 0.84 / len(models)
@@ -82,8 +84,9 @@ def ood_figure(rows):
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3,
                   frameon=False)
-        ax.set_xticks(x, [f"{NAMES[d]} {n}" for d, n in SPLITS])
-    fig.suptitle("OOD accuracy: mean over 3 seeds (bars), one standard deviation\n"
+        ax.set_xticks(x, [f"{NAMES[d]}\n{n}" for d, n in SPLITS])
+    seeds = len({r["seed"] for r in rows if "ood" in r})
+    fig.suptitle(f"OOD accuracy: mean over {seeds} seeds (bars), one standard deviation\n"
                  "(error bars), each seed (dots)", fontsize=11)
     fig.text(0.01, 0.005, PROVENANCE, fontsize=7, family="monospace", va="bottom")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
