@@ -700,10 +700,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "use this transform as is.", RemovalWarning, stacklevel=4)
 
     def _share_kept(self, X, shape, input_range):
-        """Share of the mask values that ``mask_threshold`` keeps (> 0) on up to
-        ``_COLLAPSE_CHECK_ROWS`` training images spread over X, or None without a
-        cut (a soft mask still carries the image, however dim). Near 0, psi(x) is
-        all but zero: the mask penalty won before the head learned the classes."""
+        """Share of the mask values that are kept (> 0: a hard mask's ones, or a
+        soft mask above ``mask_threshold``) on up to ``_COLLAPSE_CHECK_ROWS``
+        training images spread over X, or None for a soft mask without a cut
+        (it still carries the image, however dim). Near 0, psi(x) is all but
+        zero: the mask penalty won before the head learned the classes."""
         if not self._hard_mask() and self._mask_threshold() is None:
             return None
         rows = X[::max(1, len(X) // _COLLAPSE_CHECK_ROWS)][:_COLLAPSE_CHECK_ROWS]
