@@ -56,7 +56,7 @@ def write_idx(path, array):
 def test_every_example_is_tested():
     tested = {"plot_nuisance_background_mnist", "plot_color_shift_ood",
               "plot_subgroups_waterbirds_celeba", "plot_cim_vib_vs_vib",
-              "plot_grid_search_worst_group"}
+              "plot_grid_search_worst_group", "plot_cim_then_cnn"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -164,6 +164,16 @@ def test_cim_vib_vs_vib(tmp_path, capsys):
     assert joint.head == "vib" and "train_kl" in joint.history_[-1]
     assert fitted["CIM -> VIB (two-stage)"].named_steps["cim"].head == "cnn"
     assert out.exists()
+
+
+def test_cim_then_skorch_cnn(capsys):
+    """A skorch CNN takes the CIM's 4-D output in one pipeline."""
+    results = load_example("plot_cim_then_cnn").main(["--quick"])
+    printed = capsys.readouterr().out
+    assert table_rows(printed) == ["CNN on pixels (ERM)", "group CIM -> CNN",
+                                   "oracle CNN (no mark)"]
+    assert all(0 <= v <= 1 for pair in results.values() for v in pair)
+    assert "removal check" in printed
 
 
 def test_grid_search_routes_groups_to_the_scorer(tmp_path, capsys):
