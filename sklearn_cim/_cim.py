@@ -207,9 +207,17 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         range's low end: ``psi(x) = low + m * (x - low)``, which is ``m * x``
         for the default range and for uint8.
     max_epochs : int, default=10
-    batch_size : int, default=128
-        Triplets are mined inside each batch: it must be >= 2, and large enough
-        to hold several samples of each class.
+        Removing a nuisance takes about 500 optimizer steps or more
+        (``max_epochs * n_samples / batch_size``); the removal check
+        (``removal_check_``) says when a fit stopped short of it.
+    batch_size : int, default=32
+        Without groups, triplets are mined inside each batch: it must be >= 2,
+        and large enough to hold several samples of each class. On CPU a fit
+        costs about the same per epoch at 32 as at 128 (the per-image work
+        dominates), and takes four times the steps: on 1,500 MNIST images and
+        12 epochs the group CIM removed a background at 32 (94% of the ERM ->
+        oracle gap, seed 0) and not at 128 (35%). On a GPU, larger batches are
+        faster per epoch; raise ``max_epochs`` with them.
     lr : float, default=1e-3
         Adam learning rate.
     device : str, default="auto"
@@ -359,7 +367,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         head_beta=1e-3,
         data_range=(0.0, 1.0),
         max_epochs=10,
-        batch_size=128,
+        batch_size=32,
         lr=1e-3,
         device="auto",
         precision="auto",
