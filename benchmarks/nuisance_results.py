@@ -362,6 +362,44 @@ def rank_agreement(lines):
     return "\n".join(out)
 
 
+def seed_report(lines):
+    """Per split, for each CIM row: the share of the gap closed by each seed
+    (its own ERM and oracle, see :func:`baselines`), the seeds below their ERM,
+    the mean mask on nuisance and object pixels, the warnings the fits raised,
+    fallbacks, and the inferred proxy's agreement with the nuisance."""
+    out = ["| split | model | gap closed per seed | below ERM | mask nuisance / object | "
+           "warnings | proxy agreement (all / conflicting) |", "|---|---|---|---|---|---|---|"]
+    splits = dict.fromkeys((r["dataset"], r["nuisance"]) for r in lines if "ood" in r)
+    for dataset, nuisance in splits:
+        rows = [r for r in lines if "ood" in r and (r["dataset"], r["nuisance"]) == (dataset,
+                                                                                   nuisance)]
+        by = {(r["model"], r["seed"]): r for r in rows}
+        for model in dict.fromkeys(r["model"] for r in rows if "CIM" in r["model"]):
+            low, high = baselines(model)
+            gaps, below = [], []
+            fits = [r for r in rows if r["model"] == model]
+            for r in sorted(fits, key=lambda r: r["seed"]):
+                erm, oracle = by[(low, r["seed"])]["ood"], by[(high, r["seed"])]["ood"]
+                gaps.append(f"{(r['ood'] - erm) / (oracle - erm):.0%}")
+                if r["ood"] < erm:
+                    below.append(str(r["seed"]))
+            mask = (f"{np.mean([r['mask_nuisance'] for r in fits]):.3f} / "
+                    f"{np.mean([r['mask_object'] for r in fits]):.3f}")
+            warned = sorted({w for r in fits for w in r.get("warnings", [])})
+            n_warned = sum(bool(r.get("warnings")) for r in fits)
+            warn = f"{n_warned} ({', '.join(warned)})" if warned else "0"
+            fallbacks = sum(bool(r.get("fallback")) for r in fits)
+            if fallbacks:
+                warn += f"; {fallbacks} fallback"
+            proxy = "–"
+            if any("proxy_agreement" in r for r in fits):
+                proxy = (f"{np.mean([r['proxy_agreement'] for r in fits]):.3f} / "
+                         f"{np.mean([r['proxy_agreement_conflicting'] for r in fits]):.3f}")
+            out.append(f"| {dataset} {nuisance} | {model} | {' '.join(gaps)} | "
+                       f"{', '.join(below) or 'none'} | {mask} | {warn} | {proxy} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", help="directory with MNIST idx files (default: load_digits)")
@@ -389,6 +427,9 @@ def main(argv=None):
     parser.add_argument("--summarise", nargs="+", metavar="JSONL",
                         help="only print the table of these JSON-lines files (e.g. from "
                              "several processes, one per split and seed)")
+    parser.add_argument("--seeds-report", action="store_true",
+                        help="with --summarise: each CIM row's gap closed per seed, seeds "
+                             "below ERM, masks, warnings, proxy agreement")
     parser.add_argument("--rank", action="store_true",
                         help="with --summarise: the removal check's rank correlation "
                              "with OOD accuracy over the CIM runs")
@@ -402,6 +443,8 @@ def main(argv=None):
                 lines += [json.loads(line) for line in f if line.strip()]
         if args.rank:
             print(rank_agreement(lines))
+        elif args.seeds_report:
+            print(seed_report(lines))
         else:
             print(summarise_wide(lines, args.wide) if args.wide else summarise(lines))
         return

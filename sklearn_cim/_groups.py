@@ -29,7 +29,7 @@ PROXY_FOLDS = 3
 #: The local proxy: epochs, batch size, Adam lr, and the largest image side it
 #: reads (larger images are average-pooled down to it).
 LOCAL_PROXY_EPOCHS = 5
-LOCAL_PROXY_BATCH = 128
+LOCAL_PROXY_BATCH = 32
 LOCAL_PROXY_LR = 1e-2
 LOCAL_PROXY_MAX_SIDE = 64
 
