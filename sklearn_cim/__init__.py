@@ -2,13 +2,14 @@
 
 from ._cim import CIMTransformer
 from ._distances import TrunkWeightsUnavailableError
-from ._removal import RemovalWarning
+from ._removal import PaperObjectiveWarning, RemovalWarning
 from ._show_versions import show_versions
 from ._version import __version__
 from ._vib import VIBClassifier
 
 __all__ = [
-    "CIMTransformer", "RemovalWarning", "TrunkWeightsUnavailableError",
+    "CIMTransformer", "PaperObjectiveWarning", "RemovalWarning",
+    "TrunkWeightsUnavailableError",
     "VIBClassifier", "show_versions",
     "__version__",
 ]

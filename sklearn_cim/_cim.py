@@ -24,7 +24,13 @@ from ._groups import (
 from ._networks import HARD_MASK_CUT, CIMModule
 from ._objective import CIMNet, CIMObjective
 from ._removal import MAX_ROWS as _REMOVAL_ROWS
-from ._removal import WARN_RETAINED, RemovalWarning, pooled_rows, removal_check
+from ._removal import (
+    WARN_RETAINED,
+    PaperObjectiveWarning,
+    RemovalWarning,
+    pooled_rows,
+    removal_check,
+)
 from ._triplet import MININGS
 from ._validation import (
     check_choice,
@@ -738,6 +744,14 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if not warm:
             self.group_labels_ = None
         if not self.infer_groups:
+            if not warm:
+                warnings.warn(
+                    "fit got no groups, so it trains the paper's objective, which did not "
+                    "remove a nuisance in our measurements (see the docs' Results). To remove "
+                    "one, pass each training image's nuisance attribute as groups (a "
+                    "background, site or scanner; in a Pipeline cim__groups=g, or groups=g "
+                    "under metadata routing), or set infer_groups=True to infer it.",
+                    PaperObjectiveWarning, stacklevel=5)
             return None
         strategy = "local" if self.infer_groups is True else self.infer_groups
         low, high = input_range

@@ -58,6 +58,22 @@ class RemovalWarning(UserWarning):
     """
 
 
+class PaperObjectiveWarning(UserWarning):
+    """``fit`` got no groups and ``infer_groups`` is off: it trains the paper's
+    objective, which does not remove a nuisance that agrees with the label in
+    most training images (there is nothing to check removal against either).
+    Python shows it once per line that calls ``fit``; silence it with
+    ``warnings.filterwarnings("ignore", category=PaperObjectiveWarning)`` when
+    the paper's objective is what you want.
+
+    Examples
+    --------
+    >>> from sklearn_cim import PaperObjectiveWarning
+    >>> issubclass(PaperObjectiveWarning, UserWarning)
+    True
+    """
+
+
 #: Training images the check reads (spread over the training set).
 MAX_ROWS = 2048
 #: Images are average-pooled to at most this side before probing.

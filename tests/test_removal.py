@@ -175,6 +175,7 @@ def test_worse_than_x_needs_more_than_twice_the_standard_error():
     assert not _worse_than_x(check)
 
 
+@pytest.mark.filterwarnings("ignore:infer_groups found a single group:RuntimeWarning")
 def test_untrusted_inferred_groups_fall_back_to_the_identity(nuisance_images, tiny,
                                                             monkeypatch):
     import sklearn_cim._cim as cim_module
@@ -192,3 +193,26 @@ def test_untrusted_inferred_groups_fall_back_to_the_identity(nuisance_images, ti
     with pytest.warns(RemovalWarning, match="less accurate than one on x"):
         known = CIMTransformer(**tiny).fit(X, y, groups=groups)
     assert not known.fallback_
+
+
+@pytest.mark.filterwarnings("ignore:infer_groups found a single group:RuntimeWarning")
+def test_a_fit_without_groups_says_what_it_trains(nuisance_images, tiny):
+    """fit(X, y) trains the paper's objective: it says so, at the caller's line,
+    with the two ways to the group-aware one; groups, inferred groups and
+    continuing fits stay quiet."""
+    from sklearn_cim import PaperObjectiveWarning
+    X, y, groups = nuisance_images
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cim = CIMTransformer(**tiny).fit(X, y)
+    said = [w for w in caught if w.category is PaperObjectiveWarning]
+    assert len(said) == 1 and said[0].filename == __file__
+    assert "cim__groups=g" in str(said[0].message)
+    assert "infer_groups=True" in str(said[0].message)
+    for fit in (lambda: CIMTransformer(**tiny).fit(X, y, groups=groups),
+                lambda: CIMTransformer(**tiny, infer_groups=True).fit(X, y),
+                lambda: cim.partial_fit(X, y),
+                lambda: cim.set_params(warm_start=True).fit(X, y)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PaperObjectiveWarning)
+            fit()
