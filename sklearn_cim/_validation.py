@@ -275,21 +275,26 @@ def _channel_axis(shape, image_shape):
     first, last = shape[1] in _CHANNELS, shape[3] in _CHANNELS
     if first != last:
         return "nchw" if first else "nhwc"
+    n, a, b, c = shape
     if image_shape is not None and len(image_shape) == 3:
-        c, h, w = image_shape
-        if tuple(shape[1:]) == (c, h, w):
-            return "nchw"
-        if tuple(shape[1:]) == (h, w, c):
-            return "nhwc"
-    if first:
-        n, a, b, c = shape
+        fits_first = tuple(shape[1:]) == tuple(image_shape)
+        fits_last = (c, a, b) == tuple(image_shape)
+        if fits_first != fits_last:
+            return "nchw" if fits_first else "nhwc"
+    if not first:
+        return "nchw"
+    if a == b == c:  # both readings have one shape: image_shape cannot tell them apart
         raise ValueError(
-            f"4-D X of shape {tuple(shape)} could hold {a}-channel {b}x{c} images "
-            f"(channels first) or {c}-channel {a}x{b} images (channels last). Pass "
-            f"image_shape=({a}, {b}, {c}) for the first reading, image_shape=({c}, {a}, {b}) "
-            f"for the second, or transpose channels-last images first: "
-            "X.transpose(0, 3, 1, 2).")
-    return "nchw"
+            f"4-D X of shape {tuple(shape)} could hold channels-first or channels-last "
+            f"images of the same shape ({a}, {a}, {a}). Pass them as rows with "
+            f"image_shape=({a}, {a}, {a}): X.reshape(len(X), -1) if they are channels first, "
+            "X.transpose(0, 3, 1, 2).reshape(len(X), -1) if they are channels last.")
+    raise ValueError(
+        f"4-D X of shape {tuple(shape)} could hold {a}-channel {b}x{c} images "
+        f"(channels first) or {c}-channel {a}x{b} images (channels last). Pass "
+        f"image_shape=({a}, {b}, {c}) for the first reading, image_shape=({c}, {a}, {b}) "
+        f"for the second, or transpose channels-last images first: "
+        "X.transpose(0, 3, 1, 2).")
 
 
 def _from_list(X):

@@ -87,18 +87,22 @@ def test_validate_images_keeps_dtype_and_counts_features(n, c, h, w, dtype, four
     X4 = _images(n, c, h, w, dtype, seed)
     X = X4 if four_d else X4.reshape(n, -1)
     est = CIMTransformer()
-    X2, y, shape, was_4d = validate_images(
-        est, X, np.arange(n), image_shape=None if four_d else (c, h, w))
+    if four_d and w in (1, 3, 4):  # (n, c, h, w) reads as channels last too: refused
+        with pytest.raises(ValueError, match=r"channels.last.*(image_shape|transpose)"):
+            validate_images(est, X, np.arange(n))
+        X = X4.reshape(n, -1)  # the fix it names: rows with image_shape
+    X2, y, shape, layout = validate_images(
+        est, X, np.arange(n), image_shape=None if X.ndim == 4 else (c, h, w))
     assert X2.dtype == dtype  # uint8 stays uint8, floats keep their width
     assert X2.shape == (n, c * h * w)
     assert est.n_features_in_ == c * h * w
-    assert shape == (c, h, w) and was_4d == four_d
+    assert shape == (c, h, w) and layout.images() == (X.ndim == 4)
     np.testing.assert_array_equal(X2, X4.reshape(n, -1))
     np.testing.assert_array_equal(y, np.arange(n))
     # The same layout validates again against the fitted shape.
     est.image_shape_ = shape
-    X2b, _, shape_b, was_4d_b = validate_images(est, X, reset=False)
-    assert shape_b == shape and was_4d_b == four_d
+    X2b, _, shape_b, layout_b = validate_images(est, X, reset=False)
+    assert shape_b == shape and layout_b.kind == layout.kind
     np.testing.assert_array_equal(X2b, X2)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from sklearn_cim import CIMTransformer, VIBClassifier
+from sklearn_cim import CIMTransformer, PaperObjectiveWarning, VIBClassifier
 from sklearn_cim._validation import resolve_image_shape
 
 
@@ -29,6 +29,7 @@ def test_inferred_square_rgb_is_not_a_silent_guess():
         assert CIMTransformer(**params).fit(X, y).image_shape_ == (3, 16, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", PaperObjectiveWarning)  # fit without groups: said elsewhere
         CIMTransformer(**params, image_shape=(3, 16, 16)).fit(X, y)
         CIMTransformer(**params, image_shape=(16, 48)).fit(X, y)
         CIMTransformer(**params).fit(X.reshape(32, 3, 16, 16), y)
@@ -196,3 +197,19 @@ def test_image_shape_decides_an_ambiguous_axis_order(tiny):
     assert first.image_shape_ == (3, 4, 3) and first.transform(X).shape == X.shape
     last = CIMTransformer(**tiny, image_shape=(3, 3, 4)).fit(X, y)
     assert last.image_shape_ == (3, 3, 4) and last.transform(X).shape == X.shape
+
+
+def test_cube_images_name_the_reshape_not_image_shape():
+    """(n, 3, 3, 3): both readings have shape (3, 3, 3), so image_shape cannot decide;
+    the error names rows + image_shape, which can, and refuses even with image_shape."""
+    from sklearn_cim._validation import validate_images
+    X = np.random.RandomState(0).rand(4, 3, 3, 3).astype(np.float32)
+    for image_shape in (None, (3, 3, 3)):
+        with pytest.raises(ValueError, match=r"X\.reshape\(len\(X\), -1\) if they are channels "
+                                             r"first, X\.transpose\(0, 3, 1, 2\)\.reshape"):
+            validate_images(CIMTransformer(), X, np.arange(4), image_shape=image_shape)
+    rows = X.transpose(0, 3, 1, 2).reshape(4, -1)  # the fix for channels-last cubes
+    Xv, _, shape, layout = validate_images(CIMTransformer(), rows, np.arange(4),
+                                           image_shape=(3, 3, 3))
+    assert shape == (3, 3, 3) and layout.kind == "rows"
+    np.testing.assert_array_equal(Xv, rows)
