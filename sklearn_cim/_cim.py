@@ -616,7 +616,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                                      groups=groups)
         # after the fitted state is set: a warning turned into an error does not
         # undo a finished fit
-        self._warn_if_not_removed()
+        self._warn_if_not_removed(kept)
         if kept is not None and kept < _COLLAPSE_KEPT:
             warnings.warn(
                 f"The mask keeps {kept:.1%} of the pixels of the training images "
@@ -682,7 +682,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         return removal_check(pooled_rows(psi.reshape(images)), pooled_rows(x.reshape(images)),
                              y_enc[rows], group_codes[rows], random_state=self._shared_seed())
 
-    def _warn_if_not_removed(self):
+    def _warn_if_not_removed(self, kept):
+        """RemovalWarnings after a group-aware fit: fell back, kept every pixel,
+        cannot tell (the probe does not read the nuisance in x either), still
+        carries the nuisance, or worse than x; ``kept`` is :meth:`_share_kept`."""
         check = getattr(self, "removal_check_", None)
         if check is None:
             return
@@ -697,6 +700,21 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 RemovalWarning, stacklevel=4)
             return
         source = "inferred groups (groups_)" if self.groups_ is not None else "the groups given"
+        if self._hard_mask() and kept is not None and kept >= 1.0:
+            warnings.warn(
+                "The mask keeps every pixel of the training images it was checked on: psi(x) "
+                "is x, and nothing was removed (no mask value fell below the cut). Train longer "
+                "(max_epochs), raise mask_weight, or check that groups name the nuisance.",
+                RemovalWarning, stacklevel=4)
+            return
+        if not np.isfinite(check.retained):
+            warnings.warn(
+                f"The removal check cannot tell whether the nuisance was removed: a linear "
+                f"model does not read it in x either (removal_check_.nuisance_x "
+                f"{check.nuisance_x:.3f}, chance {check.chance:.3f}, against {source}), as "
+                "with a small mark at a random position. Measure the downstream model on "
+                "held-out images whose nuisance disagrees with the label before relying on "
+                "this transform.", RemovalWarning, stacklevel=4)
         if check.retained > WARN_RETAINED:
             warnings.warn(
                 f"psi(x) still carries {check.retained:.0%} of the nuisance that a linear model "

@@ -94,11 +94,38 @@ def _fit(nuisance_images, tiny, **params):
 
 
 def test_group_fit_has_the_check_and_warns_when_psi_keeps_the_nuisance(nuisance_images, tiny):
-    # one epoch without a mask penalty or cut: psi(x) is x, dimmed, nuisance and all
+    # one epoch of a soft mask without a penalty or cut: psi(x) is x, dimmed, nuisance and all
     with pytest.warns(RemovalWarning, match="still carries"):
-        cim = _fit(nuisance_images, tiny, mask_weight=0.0, mask_threshold=None)
+        cim = _fit(nuisance_images, tiny, mask_weight=0.0, mask_threshold=None, hard_mask=False)
     check = cim.removal_check_
     assert check.retained > 0.5 and check.nuisance_x > check.chance + 0.05
+
+
+def test_a_hard_mask_that_kept_every_pixel_says_nothing_was_removed(nuisance_images, tiny):
+    """One epoch: every hard-mask value is still above the cut, psi(x) is x. The
+    fit says that, not a share the probe may misread; a mask that cuts is quiet."""
+    X, y, groups = nuisance_images
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cim = _fit(nuisance_images, tiny, mask_weight=0.0)
+    said = [str(w.message) for w in caught if w.category is RemovalWarning]
+    assert len(said) == 1 and "psi(x) is x, and nothing was removed" in said[0], said
+    np.testing.assert_array_equal(cim.transform(X), X)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cut = _fit(nuisance_images, tiny, max_epochs=40, mask_weight=3.0, lr=3e-2)
+    assert 0 < (cut.masks(X) > 0).mean() < 1
+    assert not any("nothing was removed" in str(w.message) for w in caught)
+
+
+def test_a_nuisance_the_probe_cannot_see_in_x_is_said(nuisance_images, tiny):
+    """Groups no pixel shows (drawn at random): retained is undefined and fit
+    says the check cannot tell, instead of staying silent."""
+    X, y, _ = nuisance_images
+    hidden = np.random.RandomState(1).randint(0, 2, len(y))
+    with pytest.warns(RemovalWarning, match="cannot tell whether the nuisance was removed"):
+        cim = CIMTransformer(**{**tiny, "hard_mask": False}).fit(X, y, groups=hidden)
+    assert np.isnan(cim.removal_check_.retained)
 
 
 def test_the_warning_points_at_the_callers_line(nuisance_images, tiny):
@@ -191,7 +218,7 @@ def test_untrusted_inferred_groups_fall_back_to_the_identity(nuisance_images, ti
     assert not np.allclose(cim.transform(X), X)
     # groups given never fall back (the warning says the estimate instead)
     with pytest.warns(RemovalWarning, match="less accurate than one on x"):
-        known = CIMTransformer(**tiny).fit(X, y, groups=groups)
+        known = CIMTransformer(**tiny, hard_mask=False).fit(X, y, groups=groups)
     assert not known.fallback_
 
 
