@@ -107,9 +107,13 @@ BAD_INPUTS = [
                  id="cim-5d"),
     pytest.param("cim", {}, fit(lambda X: X[:, :, None].tolist()), ValueError, _RESHAPE_2D_4D,
                  id="cim-5d-nested-list"),
+    pytest.param("cim", {}, fit(lambda X: X.repeat(3, 1)[:, :, :4, :3]), ValueError,
+                 r"could hold 3-channel 4x3 images \(channels first\) or 3-channel 3x4 "
+                 r"images \(channels last\)\. Pass image_shape=\(3, 4, 3\) for the first "
+                 r"reading, image_shape=\(3, 3, 4\)", id="cim-4d-ambiguous-axes"),
     pytest.param("cim", {}, fit(lambda X: X.repeat(3, 1)[:, :, :3, :3]), ValueError,
-                 r"could hold 3-channel 3x3 images \(channels first\) or 3-channel 3x3 "
-                 r"images \(channels last\)\. Pass image_shape=", id="cim-4d-ambiguous-axes"),
+                 r"same shape \(3, 3, 3\)\. Pass them as rows with image_shape=\(3, 3, 3\)",
+                 id="cim-4d-cube-both-readings-one-shape"),
     pytest.param("vib", IMG, fit(lambda X: X[:, None]), ValueError, _RESHAPE_2D_4D,
                  id="vib-image-5d"),
     pytest.param("vib", {}, fit(lambda X: X[:, 0]), ValueError, _RESHAPE_2D,
