@@ -138,9 +138,10 @@ def test_own_images_snippet_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     block = _docs_snippet("docs/user_guide/own_images.rst", "Path(\"photos\")", "joblib.dump")
     tiny = TINY_CIM.replace("(3, 32, 32)", "(3, 64, 64)")
-    assert block.count("CIMTransformer(image_shape=(3, 64, 64), max_epochs=15)") == 1
+    page_cim = "CIMTransformer(image_shape=(3, 64, 64), max_epochs=15, invariance_weight=1.0)"
+    assert block.count(page_cim) == 1
     scope = {}
-    exec(block.replace("CIMTransformer(image_shape=(3, 64, 64), max_epochs=15)", tiny), scope)
+    exec(block.replace(page_cim, tiny), scope)
     assert scope["X"].shape == (24, 64, 64, 3) and set(scope["groups"]) == {"beach", "grass"}
     assert "retained" in capsys.readouterr().out
     import joblib

@@ -1,0 +1,218 @@
+"""Your own images at 64 px: MNIST digits pasted on crops of the photos that ship
+with scikit-learn (``load_sample_images``), the photo agreeing with the digit.
+
+The benchmark of the "Your own images" page. Ten scenes are 96 x 96 regions of
+the two sample photos (five each); every image is a random 64 x 64 crop of its
+scene with an MNIST digit (from the t10k file, upscaled to 44 px) pasted white, with a
+dark rim, on it. In training the scene agrees with the digit in ``P_TRAIN`` of the images; in
+the test split (OOD) it is drawn at random; the oracle trains on random scenes.
+Rows: ERM (LR on pixels), ERM CNN, group CIM -> LR, group CIM -> CNN (groups:
+the scene of each training image), oracle (LR), with OOD and worst-group
+accuracy, the fit's wall time and the process's peak resident memory after it.
+One process per seed (``--jobs`` at a time), JSON lines to ``--out``::
+
+    python benchmarks/own_images_64px.py --mnist ../shared/data/mnist --jobs 1 \\
+        --cim '{"invariance_weight": 1.0}' \\
+        --out benchmarks/results/2026-12-06-cpu-own-images-64px.jsonl
+    python benchmarks/own_images_64px.py \\
+        --summarise benchmarks/results/2026-12-06-cpu-own-images-64px.jsonl
+
+``--cim`` sets CIMTransformer parameters over :data:`CIM` (JSON); ``--models``
+keeps only the named CNN rows (tuning runs: ``--models none``).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIDE, SCENE, DIGIT = 64, 96, 44
+N_SCENES = 10
+P_TRAIN = 0.95
+#: The group CIM: the estimator's defaults but these (offline: random LPIPS trunk).
+CIM = dict(max_epochs=15, pretrained=False)
+
+
+def scenes():
+    """Ten 96 x 96 RGB regions (uint8): five spread over each sample photo."""
+    from sklearn.datasets import load_sample_images
+    out = []
+    for photo in load_sample_images().images:  # (427, 640, 3) each
+        h, w = photo.shape[:2]
+        tops = [h // 8, h // 8, h - SCENE - h // 8, h - SCENE - h // 8, (h - SCENE) // 2]
+        lefts = [w // 8, w - SCENE - w // 8, w // 8, w - SCENE - w // 8, (w - SCENE) // 2]
+        out += [photo[t:t + SCENE, left:left + SCENE] for t, left in zip(tops, lefts)]
+    return np.stack(out)
+
+
+def digits(mnist, n, rng):
+    """``n`` MNIST digits of the t10k file as 44 x 44 floats in [0, 1], and labels."""
+    from PIL import Image
+
+    from sklearn_cim.datasets._idx import _mnist_files, read_idx
+    found, _ = _mnist_files(mnist)
+    images = read_idx(found["t10k-images-idx3-ubyte"])
+    labels = read_idx(found["t10k-labels-idx1-ubyte"])
+    rows = rng.choice(len(images), n, replace=False)
+    big = np.stack([np.asarray(Image.fromarray(images[i]).resize((DIGIT, DIGIT),
+                                                                 Image.BILINEAR))
+                    for i in rows]).astype(np.float32) / 255
+    return big, labels[rows].astype(np.int64)
+
+
+def compose(ink, scene_ids, all_scenes, rng):
+    """(n, 3, 64, 64) float32 images in [0, 1]: a random crop of each scene, the
+    digit's ink pasted white with a dark rim in the middle."""
+    from scipy.ndimage import maximum_filter
+    n = len(ink)
+    out = np.empty((n, 3, SIDE, SIDE), np.float32)
+    off = (SIDE - DIGIT) // 2
+    for i in range(n):
+        t, l_ = rng.randint(0, SCENE - SIDE + 1, size=2)
+        bg = all_scenes[scene_ids[i], t:t + SIDE, l_:l_ + SIDE].astype(np.float32) / 255
+        img = bg.transpose(2, 0, 1).copy()
+        a = ink[i][None]
+        rim = maximum_filter(ink[i], size=5)[None]  # a dark rim: visible on sky and on shade
+        region = img[:, off:off + DIGIT, off:off + DIGIT] * (1 - rim)
+        img[:, off:off + DIGIT, off:off + DIGIT] = region * (1 - a) + a
+        out[i] = img
+    return out
+
+
+def make_data(mnist, n_train, n_test, seed):
+    from sklearn.utils import Bunch
+    rng = np.random.RandomState(seed)
+    all_scenes = scenes()
+    ink, y = digits(mnist, n_train + n_test, rng)
+    y_train, y_test = y[:n_train], y[n_train:]
+    agree = rng.rand(n_train) < P_TRAIN
+    s_train = np.where(agree, y_train % N_SCENES, rng.randint(0, N_SCENES, n_train))
+    s_test = rng.randint(0, N_SCENES, n_test)
+    s_oracle = rng.randint(0, N_SCENES, n_train)
+    return Bunch(
+        X_train=compose(ink[:n_train], s_train, all_scenes, rng), y_train=y_train,
+        nuisance_train=s_train,
+        X_oracle=compose(ink[:n_train], s_oracle, all_scenes, rng),
+        X_test_ood=compose(ink[n_train:], s_test, all_scenes, rng), y_test=y_test,
+        nuisance_test_ood=s_test)
+
+
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_seed(args):
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from sklearn_cim import CIMTransformer
+    from sklearn_cim.datasets import agreement_groups
+    from sklearn_cim.metrics import worst_group_accuracy
+    sys.path.insert(0, HERE)
+    from nuisance_results import train_cnn
+
+    torch.set_num_threads(args.threads)
+    d = make_data(args.mnist, args.n_train, args.n_test, args.seed)
+    groups_ood = agreement_groups(d.y_test, d.nuisance_test_ood, N_SCENES)
+    flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
+    cim_params = {**CIM, **json.loads(args.cim)}
+    tags = dict(seed=args.seed, n_train=args.n_train, n_test=args.n_test, side=SIDE,
+                threads=args.threads, cim=cim_params)
+
+    def emit(model, predict, X_ood, fit_s, **extra):
+        pred = predict(X_ood)
+        row = dict(tags, model=model, ood=float(np.mean(pred == d.y_test)),
+                   worst_group=float(worst_group_accuracy(d.y_test, pred, groups_ood)),
+                   fit_s=round(fit_s, 1), peak_mib=round(peak_mib()), **extra)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+    def lr(X, y):
+        t = time.perf_counter()
+        m = LogisticRegression(max_iter=1000).fit(flat(X), y)
+        return (lambda Z: m.predict(flat(Z))), time.perf_counter() - t
+
+    predict, s = lr(d.X_train, d.y_train)
+    emit("ERM", predict, d.X_test_ood, s)
+    want = lambda model: args.models is None or model in args.models  # noqa: E731
+    if want("ERM CNN"):
+        t = time.perf_counter()
+        predict = train_cnn(d.X_train, d.y_train, args.seed)
+        emit("ERM CNN", predict, d.X_test_ood, time.perf_counter() - t)
+    t = time.perf_counter()
+    cim = CIMTransformer(**cim_params, random_state=args.seed).fit(
+        d.X_train, d.y_train, groups=d.nuisance_train)
+    cim_s = time.perf_counter() - t
+    psi_train, psi_ood = cim.transform(d.X_train), cim.transform(d.X_test_ood)
+    kept = cim.masks(d.X_test_ood)
+    check = {k: float(v) for k, v in cim.removal_check_.items()}
+    predict, s = lr(psi_train, d.y_train)
+    emit("group CIM -> LR", predict, psi_ood, cim_s + s, cim_fit_s=round(cim_s, 1),
+         mask_mean=float(kept.mean()), removal_check=check)
+    if want("group CIM -> CNN"):
+        t = time.perf_counter()
+        predict = train_cnn(psi_train, d.y_train, args.seed)
+        emit("group CIM -> CNN", predict, psi_ood, cim_s + time.perf_counter() - t,
+             cim_fit_s=round(cim_s, 1))
+    predict, s = lr(d.X_oracle, d.y_train)
+    emit("oracle", predict, d.X_test_ood, s)
+
+
+def summarise(path):
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    erm = np.mean([r["ood"] for r in rows if r["model"] == "ERM"])
+    oracle = np.mean([r["ood"] for r in rows if r["model"] == "oracle"])
+    print("| model | OOD | worst group | gap closed | fit (s) | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for m in models:
+        rs = [r for r in rows if r["model"] == m]
+        ood = np.array([r["ood"] for r in rs])
+        wg = np.array([r["worst_group"] for r in rs])
+        gap = (ood.mean() - erm) / (oracle - erm)
+        print(f"| {m} | {ood.mean():.3f} ± {ood.std():.3f} | {wg.mean():.3f} ± {wg.std():.3f} "
+              f"| {gap:.0%} | {np.mean([r['fit_s'] for r in rs]):.0f} "
+              f"| {max(r['peak_mib'] for r in rs)} |")
+    print(f"\nseeds {sorted({r['seed'] for r in rows})}; ERM -> oracle gap closed on the mean OOD")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mnist")
+    p.add_argument("--out")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seed", type=int, help="run one seed in this process")
+    p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--cim", default="{}", help="JSON: CIMTransformer settings over CIM")
+    p.add_argument("--models", nargs="+", help="only these rows (default: all)")
+    p.add_argument("--summarise")
+    args = p.parse_args(argv)
+    if args.summarise:
+        return summarise(args.summarise)
+    if args.seed is not None:
+        return run_seed(args)
+    from concurrent.futures import ThreadPoolExecutor
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads))
+    base = [sys.executable, os.path.abspath(__file__), "--mnist", args.mnist, "--out",
+            args.out, "--n-train", str(args.n_train), "--n-test", str(args.n_test),
+            "--threads", str(args.threads), "--cim", args.cim]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda s: subprocess.run(base + ["--seed", str(s)], env=env, check=True),
+                      args.seeds))
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+    summarise(args.out)
+
+
+if __name__ == "__main__":
+    main()
