@@ -166,9 +166,17 @@ def test_getting_started_template_runs_on_its_stated_inputs():
 
 
 def test_offline_snippet_builds_what_it_says():
-    scope = {}
-    exec(_docs_snippet("docs/user_guide/offline.rst", "pretrained=False", "distance=\"ssim\""),
-         scope)  # constructors only: nothing is downloaded or trained
+    """Each line builds the estimator its comment names (constructors only: nothing
+    is downloaded or trained)."""
+    from sklearn_cim import CIMTransformer
+
+    block = _docs_snippet("docs/user_guide/offline.rst", "pretrained=False", "distance=\"ssim\"")
+    built = [eval(line.split("#")[0], {"CIMTransformer": CIMTransformer})
+             for line in block.splitlines()
+             if line.startswith("CIMTransformer(")]
+    assert [(c.distance, c.pretrained) for c in built] == [
+        ("lpips-alex", False), ("ssim", True), ("l2", True)]
+    assert all(isinstance(c, CIMTransformer) for c in built)
 
 
 #: Every python block of the docs is run by one of the tests above, or is listed
