@@ -150,8 +150,10 @@ class CIMNet(TorchNet):
             terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, rows))
         positives = None
         if groups is not None and self.pair_table is not None:
-            # one same-class, other-group image per anchor, shared by the terms below
-            positives = self.pair_table.positives(y_true, groups, self.generator)
+            # one same-class, other-group image per anchor (rows, valid, images), drawn
+            # and copied to the device once for the terms below
+            pos, pos_ok = self.pair_table.positives(y_true, groups, self.generator)
+            positives = (pos, pos_ok, self.training_images(pos))
         if obj.triplet_weight > 0:
             terms["triplet"] = (obj.triplet_weight,
                                 self.triplet_term(psi, X, y_true, groups, positives))
@@ -193,9 +195,9 @@ class CIMNet(TorchNet):
         squared norm of one mean would also count the spread of same-class
         images, and shrink psi as a whole).
         """
-        pos, valid = positives
+        _, valid, pos_images = positives
         with torch.no_grad():
-            psi_pos = self.module_.masked(self.training_images(pos))
+            psi_pos = self.module_.masked(pos_images)
         half = torch.rand(len(groups), generator=self.generator,
                           device=self.generator.device).to(groups.device) < 0.5
         h, w = psi.shape[-2:]
@@ -233,10 +235,10 @@ class CIMNet(TorchNet):
         """Bias-contrastive triplets: the positive has the anchor's class and
         another group, the negative the anchor's group and another class, both
         drawn from the whole training set; anchors without one are left out."""
-        pos, pos_ok = positives
+        _, pos_ok, pos_images = positives
         neg, neg_ok = self.pair_table.negatives(y, groups, self.generator)
         with torch.no_grad():
-            pairs = self.training_images(torch.cat([pos, neg]))
+            pairs = torch.cat([pos_images, self.training_images(neg)])
             if self.objective.pair_transform:
                 pairs = self.module_.masked(pairs)
             emb = metric.embed(pairs)
