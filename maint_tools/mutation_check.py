@@ -5,7 +5,8 @@ Each mutant below is a deliberate bug (one or more exact text replacements in
 check copies ``sklearn_cim/``, ``tests/`` and ``pyproject.toml`` to a
 temporary folder, applies the replacements there (the working tree is never
 touched), and runs the named tests against the copy, in a process forked from
-this one (which imports torch and the other dependencies once; POSIX only). A
+this one (which imports torch and the other dependencies once; POSIX only);
+Python processes the tests start import the copy too (``PYTHONPATH``). A
 mutant is *killed* when pytest reports a failing test (exit status 1); it
 *survives* when the tests pass. Anything else (a replacement text not found
 exactly once, a collection error) is an *error*: fix the mutant's text after a
@@ -87,8 +88,8 @@ MUTANTS = [
        "test_promises.py::test_loss_weights_enter_the_trained_loss"),
     _m("distance-ignored", "objective", "the triplet term always measures l2",
        "_objective.py",
-       [("self.metric = make_distance(*key[:2]).to(self.device)",
-         "self.metric = make_distance('l2', False).to(self.device)")],
+       [("metric = make_distance(distance, pretrained).to(device)",
+         "metric = make_distance('l2', False).to(device)")],
        "test_promises.py::test_distance_is_what_the_triplet_term_measures"),
     # -- mining --------------------------------------------------------------------------
     _m("hard-mining-ignored", "mining", "fit always mines at random, whatever mining says",
@@ -134,9 +135,14 @@ MUTANTS = [
        "test_effect.py::test_group_cim_dims_the_nuisance_and_makes_a_linear_model_robust"),
     _m("group-weighting-ignored", "groups", "the head's CE is never balanced over the cells",
        "_objective.py",
-       [("if rows is None or self.sample_weights is None:", "if True:")],
-       "test_groups.py::test_balanced_cross_entropy_uses_the_weights",
+       [("if groups is None or weights is None:", "if True:")],
+       "test_groups.py::test_balanced_cross_entropy_uses_the_cell_weights",
        "test_promises.py::test_group_weighting_none_is_the_unweighted_head"),
+    _m("cell-weight-index-groups-only", "groups",
+       "each sample weighted by its group's row of the cell table, not its (class, group) cell",
+       "_objective.py",
+       [("weights[y * self.n_cell_groups_ + groups]", "weights[groups]")],
+       "test_groups.py::test_balanced_cross_entropy_uses_the_cell_weights"),
     _m("group-positives-same-group", "groups",
        "bias-contrastive positives drawn from the anchor's own group",
        "_groups.py",
@@ -211,13 +217,25 @@ MUTANTS = [
     _m("warm-restarts", "warm start",
        "every warm fit / partial_fit restarts from fresh weights",
        "_estimator.py",
-       [("epochs=epochs, initialize=not warm)", "epochs=epochs, initialize=True)")],
+       [("epochs=epochs, initialize=not warm,", "epochs=epochs, initialize=True,")],
        "test_promises.py::test_a_warm_fit_continues_the_fit_before"),
-    _m("optimizer-state-never-pickled", "persistence",
-       "keep_optimizer_state=True still leaves the optimizer out of the pickle",
+    _m("epoch-reseed-dropped", "checkpoints",
+       "the batch order not reseeded per epoch: its stream runs on from the fit's start",
        "_net.py",
-       [('if not getattr(self, "keep_optimizer_state", True):', "if True:")],
-       "test_fast_path.py::test_pickles_leave_the_optimizer_state_out_unless_asked"),
+       [("        self.training_set_.generator.manual_seed(self.seed + 16 * (epoch - 1))\n",
+         "")],
+       "test_checkpoint.py::test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one",
+       "test_checkpoint.py::test_a_fit_killed_at_a_random_step_resumes_to_the_uninterrupted_model"),
+    _m("epoch-seed-constant", "checkpoints",
+       "every epoch's batch order seeded the same (resumes exactly, trains on one order)",
+       "_net.py",
+       [("manual_seed(self.seed + 16 * (epoch - 1))", "manual_seed(self.seed)")],
+       "test_checkpoint.py::test_every_epoch_draws_its_own_batch_order"),
+    _m("checkpoint-written-in-place", "checkpoints",
+       "a checkpoint written straight into its final folder (a kill leaves half of one)",
+       "_checkpoint.py",
+       [('partial = final + ".partial"', "partial = final")],
+       "test_checkpoint.py::test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one"),
     _m("load-params-forgets-metadata", "persistence",
        "load_params does not restore the fitted tuple attributes",
        "_estimator.py",
@@ -237,7 +255,8 @@ MUTANTS = [
        "test_promises.py::test_network_sizes_follow_their_parameters"),
     _m("vib-hidden-layers-ignored", "vib", "VIB's encoder ignores hidden_layer_sizes",
        "_vib.py",
-       [("module__hidden_layer_sizes=hidden,", "module__hidden_layer_sizes=(8,),")],
+       [("module__hidden_layer_sizes=self._hidden_layer_sizes(),",
+         "module__hidden_layer_sizes=(8,),")],
        "test_promises.py::test_vib_sizes_follow_their_parameters"),
     _m("group-weighting-none-still-balances", "groups",
        'group_weighting="none" still balances the cells',
@@ -247,8 +266,7 @@ MUTANTS = [
     # -- data placement and validation -------------------------------------------------
     _m("labels-misaligned", "data placement", "each batch's labels taken in reverse order",
        "_batching.py",
-       [("return xb, (None if self.y is None else self.y[idx])",
-         "return xb, (None if self.y is None else self.y[idx.flip(0)])")],
+       [("return Targets(self.y[idx], None", "return Targets(self.y[idx.flip(0)], None")],
        "test_cim.py::test_classifier_head_learns"),
     _m("pixels-not-scaled", "data placement", "uint8 pixels not mapped to [0, 1]",
        "_batching.py",
@@ -263,6 +281,12 @@ MUTANTS = [
        "_validation.py",
        [("if lo < low_x or hi > high_x:", "if False:")],
        "test_bad_input.py", "test_validation.py::test_bad_inputs_get_clear_errors"),
+    _m("parameter-table-unchecked", "validation",
+       "fit never checks the parameters against _parameter_constraints",
+       "_estimator.py",
+       [("        validate_params(self)\n", "")],
+       "test_bad_input.py::test_bad_input_names_the_fix",
+       "test_checkpoint.py::test_checkpoint_slots_are_per_fit_and_refused_for_continuations"),
     _m("lpips-calibration-skipped", "distances", "LPIPS's calibration file never loaded",
        "_distances.py",
        [("    _load_calibration(model, trunk)\n", "")],
@@ -303,6 +327,10 @@ def _child(mutant, dest, log):
         os.dup2(fd, 2)
         os.chdir(dest)
         sys.path.insert(0, str(dest))
+        # Python processes the tests start (tests/test_checkpoint.py's fits)
+        # import the copy too, not the editable install of the working tree
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(dest)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
         import pytest
 
         rc = pytest.main(["-x", "-q", "-p", "no:cacheprovider"]

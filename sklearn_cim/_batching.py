@@ -1,9 +1,11 @@
 """Batches: images drawn by index, converted to unit range as they are drawn.
 
-* :class:`IndexBatches` yields the training batches of an epoch: one
-  ``randperm`` per epoch, no per-sample Python, no ``DataLoader`` workers; a
-  host array (a ``np.memmap`` stays on disk) is gathered batch by batch and
-  streamed to the device, a device tensor is indexed in place;
+* :class:`TrainingSet` is the training set of a fit (rows, class codes,
+  group codes) and :class:`IndexBatches`, skorch's ``iterator_train``,
+  yields its batches: one ``randperm`` per epoch, no per-sample Python, no
+  ``DataLoader`` workers; a host array (a ``np.memmap`` stays on disk) is
+  gathered batch by batch and streamed to the device, a device tensor is
+  indexed in place; each batch is ``(images, Targets(classes, groups))``;
 * :func:`batched_apply` applies a function to a whole array in chunks (the
   estimators' ``transform`` / ``predict``).
 
@@ -13,6 +15,7 @@ hand on ``(B, C, H, W)`` float images in [0, 1] (:func:`to_unit`,
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -37,67 +40,117 @@ def as_images(xb, image_shape, channels_last=False):
     return xb
 
 
-class IndexBatches:
-    """Mini-batches ``(X[idx], y[idx])``, ``y`` a tensor on the device.
+class Targets(NamedTuple):
+    """What a training batch holds besides its images: each image's class
+    code and, for the group-aware objective, its group code (else None)."""
 
-    ``X`` is 2-D: a tensor on the device, or a host array (any numeric dtype,
-    e.g. a ``np.memmap``) whose batches are gathered, copied to ``device``
-    (through pinned memory, the next batch gathered in a background thread,
-    when ``prefetch``) and only then converted from ``input_range`` to [0, 1].
-    Batches are viewed as ``(B, C, H, W)`` float images. Each pass draws one
-    permutation from ``generator``. With ``world_size > 1`` the pass is split
-    as torch's ``DistributedSampler`` splits it: the permutation is padded to a
-    multiple of ``world_size`` by wrapping around and process ``rank`` takes
-    every ``world_size``-th index from ``rank``, so all processes make the same
-    number of steps.
+    classes: torch.Tensor
+    groups: Optional[torch.Tensor] = None
+
+
+class TrainingSet(torch.utils.data.Dataset):
+    """The training set as a fit reads it: 2-D rows of raw values ``X`` (a
+    tensor on the device, or a host array, e.g. a ``np.memmap``, that stays
+    as given), class codes ``y`` and group codes ``groups`` (or None) as
+    tensors on the device, and how rows become ``(B, C, H, W)`` unit-range
+    images (``image_shape``, ``input_range``, ``channels_last``); in a
+    data-parallel fit, this process's ``rank`` of ``world_size``.
+
+    It is handed to skorch as the dataset; :class:`IndexBatches` draws its
+    batches in the order its ``generator`` gives (on the device; the net
+    seeds it), and :meth:`images` gathers any rows (e.g. drawn pairs).
     """
 
-    def __init__(self, X, y, *, batch_size, image_shape, input_range, generator,
-                 channels_last=False, rank=0, world_size=1, device=None, prefetch=None):
-        self.X, self.y = X, y
-        self.batch_size = batch_size
+    def __init__(self, X, y, groups=None, *, image_shape, input_range,
+                 channels_last=False, device=None, rank=0, world_size=1):
+        self.X, self.y, self.groups = X, y, groups
+        self.rank, self.world_size = rank, world_size
         self.image_shape = tuple(image_shape)
         self.input_range = input_range
-        self.generator = generator
         self.channels_last = channels_last
-        self.rank, self.world_size = rank, world_size
         self.host = not torch.is_tensor(X)
         self.device = torch.device(device if device is not None else
                                    (y.device if self.host else X.device))
-        self.prefetch = (self.host and self.device.type == "cuda"
+        self.generator = torch.Generator(device=self.device)
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        raise TypeError("TrainingSet is read in batches (IndexBatches), not by item.")
+
+    def gather(self, rows):
+        """Raw rows of X as a tensor (host rows pinned when they go to CUDA)."""
+        if not self.host:
+            return self.X[rows.to(self.X.device) if torch.is_tensor(rows) else rows]
+        if torch.is_tensor(rows):
+            rows = rows.cpu().numpy()
+        out = torch.from_numpy(native_rows(np.asarray(self.X[rows])))
+        return out.pin_memory() if self.device.type == "cuda" else out
+
+    def as_images(self, raw):
+        """Raw rows on the device as unit-range ``(B, C, H, W)`` float images."""
+        return as_images(to_unit(raw, self.input_range), self.image_shape, self.channels_last)
+
+    def images(self, rows):
+        """Rows of the training set as unit-range images on the device."""
+        return self.as_images(self.gather(rows).to(self.device))
+
+    def targets(self, idx):
+        return Targets(self.y[idx], None if self.groups is None else self.groups[idx])
+
+
+class IndexBatches:
+    """The training batches of a :class:`TrainingSet`: skorch's
+    ``iterator_train``, called as ``IndexBatches(dataset, batch_size=...)``;
+    yields ``(images, Targets)``.
+
+    Each pass draws one permutation from the dataset's ``generator``. A host
+    array is gathered batch by batch and copied to the device (through pinned
+    memory, the next batch gathered in a background thread, when
+    ``prefetch``), and only then converted to [0, 1];
+    a device tensor is indexed in place. With ``world_size > 1`` the pass is
+    split as torch's ``DistributedSampler`` splits it: the permutation is
+    padded to a multiple of the dataset's ``world_size`` by wrapping around
+    and process ``rank`` takes every ``world_size``-th index from ``rank``, so
+    all processes make the same number of steps.
+    """
+
+    def __init__(self, dataset, *, batch_size, prefetch=None):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.generator = dataset.generator
+        self.rank, self.world_size = dataset.rank, dataset.world_size
+        self.prefetch = (dataset.host and dataset.device.type == "cuda"
                          if prefetch is None else prefetch)
 
     def _shard_size(self):
-        return -(-len(self.X) // self.world_size)
+        return -(-len(self.dataset) // self.world_size)
 
     def __len__(self):
         return -(-self._shard_size() // self.batch_size)
 
     def _order(self):
-        n = len(self.X)
+        n = len(self.dataset)
         order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         if self.world_size > 1 and n:
             total = self._shard_size() * self.world_size
             order = order.repeat(-(-total // n))[:total][self.rank::self.world_size]
-        return order.to(self.device)
-
-    def _gather(self, rows):
-        """Host rows of X, pinned when they go to CUDA."""
-        rows = torch.from_numpy(native_rows(np.asarray(self.X[rows])))
-        return rows.pin_memory() if self.device.type == "cuda" else rows
+        return order.to(self.dataset.device)
 
     def __iter__(self):
+        data = self.dataset
         order = self._order()
         starts = range(0, len(order), self.batch_size)
-        if not self.host:
+        if not data.host:
             for start in starts:
                 idx = order[start:start + self.batch_size]
-                yield self._batch(self.X[idx], idx)
+                yield data.as_images(data.X[idx]), data.targets(idx)
             return
         host_order = order.cpu().numpy()
 
         def rows_of(start):
-            return self._gather(host_order[start:start + self.batch_size])
+            return data.gather(host_order[start:start + self.batch_size])
 
         pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
@@ -106,15 +159,11 @@ class IndexBatches:
                 rows = pending.result() if pending is not None else rows_of(start)
                 if pool is not None and i + 1 < len(starts):
                     pending = pool.submit(rows_of, starts[i + 1])
-                xb = rows.to(self.device, non_blocking=True)
-                yield self._batch(xb, order[start:start + self.batch_size])
+                xb = rows.to(data.device, non_blocking=True)
+                yield data.as_images(xb), data.targets(order[start:start + self.batch_size])
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-
-    def _batch(self, xb, idx):
-        xb = as_images(to_unit(xb, self.input_range), self.image_shape, self.channels_last)
-        return xb, (None if self.y is None else self.y[idx])
 
 
 @torch.no_grad()

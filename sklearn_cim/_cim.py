@@ -2,6 +2,8 @@
 
 import json
 import warnings
+from dataclasses import fields
+from numbers import Real
 
 import numpy as np
 import torch
@@ -23,6 +25,13 @@ from ._groups import (
 )
 from ._networks import HARD_MASK_CUT, CIMModule
 from ._objective import CIMNet, CIMObjective
+from ._params import (
+    Interval,
+    StrOptions,
+    non_negative,
+    positive_int,
+    training_constraints,
+)
 from ._removal import MAX_ROWS as _REMOVAL_ROWS
 from ._removal import (
     WARN_RETAINED,
@@ -33,9 +42,7 @@ from ._removal import (
 )
 from ._triplet import MININGS
 from ._validation import (
-    check_choice,
     check_data_range,
-    check_number,
     encode_labels,
     input_range_of,
     require_y,
@@ -174,12 +181,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         same-class, other-group image per anchor from the training set and
         passes it through the mask net without gradient). ``"auto"``: 3 with
         groups. Without groups there is nothing to be invariant to.
-    adversary_weight : float, default=0.0
-        With groups and > 0: a linear model on psi(x) is trained to predict the
-        group (its cross-entropy weighted like the head's, so balanced over the
-        cells with ``group_weighting="balanced"``) while the mask net, through a reversed
-        gradient, is trained to defeat it. Off by default: it lowered OOD
-        accuracy in our tuning runs (see the README).
     infer_groups : bool or {"local", "linear", "errors"}, default=False
         When ``fit`` gets no groups: infer them from a bias proxy, a model that
         can learn the nuisance but not the object, as its out-of-fold predicted
@@ -240,10 +241,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         passed to ``torch.compile`` as keyword arguments, e.g.
         ``{"mode": "reduce-overhead"}`` for CUDA graphs. It pays on GPUs for
         long fits; the first epoch pays the compilation.
-    keep_optimizer_state : bool, default=False
-        Keep the optimizer's state (Adam moments) in pickles, so that a warm
-        start after unpickling continues exactly. Off, pickles are about three
-        times smaller and a warm start after unpickling starts a fresh Adam.
     distributed : {False, True, "auto"}, default=False
         Data-parallel training (torch DistributedDataParallel) with the other
         processes of an initialised ``torch.distributed`` process group, each
@@ -263,6 +260,18 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         epoch, rate, ETA and the last epoch's loss terms); 2 skorch's table of
         one line per epoch and a bar per epoch.
     callbacks : list of skorch callbacks or None, default=None
+    checkpoint : str, path-like or None, default=None
+        A folder: ``fit`` writes the model's state there at the end of every
+        epoch (weights, optimizer state, history), and a ``fit`` of the same
+        estimator on the same data that was killed (pre-emption, out of
+        memory, ``kill -9``) resumes from the last one: run it again and the
+        fitted model equals the one an uninterrupted fit reaches, bitwise on
+        CPU. Each fit has its own sub-folder, named by a fingerprint of the
+        parameters and the training data (read once more to hash it), so one
+        folder serves a whole search. A finished fit's last checkpoint stays:
+        running the same fit again returns it without training; delete the
+        folder to train anew. Not with ``warm_start`` continuations or
+        ``partial_fit``.
     warm_start : bool, default=False
         If True, ``fit`` on a fitted transformer continues training from its
         weights (same image shape; labels among ``classes_``).
@@ -294,8 +303,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         The group labels given to the first fit, in the order of their codes;
         later warm fits and ``partial_fit`` calls code their groups the same
         way (new labels are appended). None when no groups were given.
-    n_groups_ : int
-        Groups the adversary predicts (0 without one).
     removal_check_ : Bunch or None
         After a group-aware ``fit`` (groups given or inferred; not after
         ``partial_fit``), how much of the nuisance psi(x) still carries,
@@ -321,9 +328,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         :class:`~sklearn_cim.RemovalWarning`. Never set for groups given.
     history_ : skorch History
         Per-epoch ``train_loss``, ``train_ce``, ``train_triplet`` (and
-        ``train_mask``, ``train_adversary`` with an adversary, and ``train_kl``
-        for the ``"vib"`` head), all
-        unweighted except ``train_loss``.
+        ``train_mask`` with a mask weight, ``train_invariance`` with groups,
+        and ``train_kl`` for the ``"vib"`` head), all unweighted except
+        ``train_loss``.
 
     Examples
     --------
@@ -346,6 +353,35 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     # paper's objective without a word.
     __metadata_request__fit = {"groups": True}
 
+    _parameter_constraints = {
+        "image_shape": [tuple, list, None],
+        "distance": [StrOptions(set(DISTANCES)), callable],
+        "pretrained": ["boolean"],
+        "classifier_weight": [non_negative()],
+        "triplet_weight": [non_negative()],
+        "margin": [non_negative()],
+        "mining": [StrOptions(set(MININGS))],
+        "pair_transform": ["boolean"],
+        "mask_weight": [non_negative(), StrOptions({"auto"})],
+        "hard_mask": ["boolean", StrOptions({"auto"})],
+        "mask_threshold": [Interval(Real, 0, 1, closed="both"), StrOptions({"auto"}), None],
+        "group_weighting": [StrOptions(set(GROUP_WEIGHTINGS))],
+        "group_triplets": ["boolean"],
+        "invariance_weight": [non_negative(), StrOptions({"auto"})],
+        "infer_groups": ["boolean", StrOptions(set(INFER_GROUPS))],
+        "per_channel_mask": ["boolean"],
+        "tn_width": [positive_int()],
+        "tn_depth": [positive_int(0)],
+        "head": [StrOptions(set(HEADS))],
+        "head_width": [positive_int()],
+        "head_beta": [non_negative()],
+        "data_range": [tuple, list, None],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "compile": ["boolean", dict],
+        # a triplet needs two samples in the batch
+        **training_constraints(min_batch_size=2),
+    }
+
     def __init__(
         self,
         *,
@@ -363,7 +399,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         group_weighting="balanced",
         group_triplets=True,
         invariance_weight="auto",
-        adversary_weight=0.0,
         infer_groups=False,
         per_channel_mask=False,
         tn_width=16,
@@ -378,12 +413,12 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         device="auto",
         precision="auto",
         compile=False,
-        keep_optimizer_state=False,
         distributed=False,
         random_state=None,
         verbose=0,
         callbacks=None,
         warm_start=False,
+        checkpoint=None,
     ):
         self.image_shape = image_shape
         self.distance = distance
@@ -399,7 +434,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.group_weighting = group_weighting
         self.group_triplets = group_triplets
         self.invariance_weight = invariance_weight
-        self.adversary_weight = adversary_weight
         self.infer_groups = infer_groups
         self.per_channel_mask = per_channel_mask
         self.tn_width = tn_width
@@ -414,12 +448,12 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.device = device
         self.precision = precision
         self.compile = compile
-        self.keep_optimizer_state = keep_optimizer_state
         self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
         self.warm_start = warm_start
+        self.checkpoint = checkpoint
 
     # -- public API -----------------------------------------------------------
     def fit(self, X, y, groups=None):
@@ -522,13 +556,15 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 labels = None
         check = getattr(self, "removal_check_", None)
         return dict(super()._fitted_metadata(),
-                    n_groups_=int(getattr(self, "n_groups_", 0)),
                     group_aware_=bool(getattr(self, "group_aware_", False)),
                     group_labels_=labels,
                     removal_check_=None if check is None else dict(check),
                     fallback_=bool(getattr(self, "fallback_", False)))
 
     def __setstate__(self, state):
+        # parameters and attributes since removed (see the changelog)
+        for name in ("adversary_weight", "n_groups_"):
+            state.pop(name, None)
         if "hard_mask" not in state:
             # pickled before hard masks and the invariance term: keep the
             # objective and the transform-time cut it was fitted with
@@ -543,7 +579,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
 
     def _restore_metadata(self, meta):
         super()._restore_metadata(meta)
-        self.n_groups_ = int(meta.get("n_groups_", 0))
         # group_aware_ decides the "auto" mask threshold of transform
         self.group_aware_ = bool(meta.get("group_aware_", False))
         labels = meta.get("group_labels_")
@@ -555,44 +590,6 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
 
     def _needs_unit_range(self):
         return not (callable(self.distance) or self.distance == "l2")
-
-    def _check_params(self):
-        if not callable(self.distance):
-            check_choice("distance", self.distance, DISTANCES)
-        check_choice("mining", self.mining, MININGS)
-        check_choice("head", self.head, HEADS)
-        check_choice("precision", self.precision, PRECISIONS)
-        if not isinstance(self.compile, (bool, np.bool_, dict)):
-            raise TypeError(
-                f"compile must be True, False or a dict of torch.compile arguments, got "
-                f"{self.compile!r}.")
-        for name in ("classifier_weight", "triplet_weight", "margin", "head_beta",
-                     "adversary_weight"):
-            check_number(name, getattr(self, name), low=0)
-        for name in ("mask_weight", "invariance_weight"):
-            if not (isinstance(getattr(self, name), str) and getattr(self, name) == "auto"):
-                check_number(name, getattr(self, name), low=0)
-        if not (isinstance(self.hard_mask, (bool, np.bool_)) or self.hard_mask == "auto"):
-            raise TypeError(f"hard_mask must be True, False or 'auto', got {self.hard_mask!r}.")
-        if self.mask_threshold is not None and not (
-                isinstance(self.mask_threshold, str) and self.mask_threshold == "auto"):
-            check_number("mask_threshold", self.mask_threshold, low=0, high=1)
-        check_choice("group_weighting", self.group_weighting, GROUP_WEIGHTINGS)
-        if self.infer_groups is not False and not isinstance(self.infer_groups, np.bool_):
-            if self.infer_groups is not True:
-                check_choice("infer_groups", self.infer_groups, INFER_GROUPS)
-        if self.classifier_weight == 0 and self.triplet_weight == 0:
-            raise ValueError(
-                "classifier_weight and triplet_weight are both 0: nothing would "
-                "train the mask. Set at least one of them > 0."
-            )
-        for name in ("tn_width", "head_width"):
-            check_number(name, getattr(self, name), low=1, integer=True)
-        check_number("tn_depth", self.tn_depth, low=0, integer=True)
-        for name in ("pretrained", "pair_transform", "per_channel_mask", "group_triplets"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        self._check_training_params(min_batch_size=2)  # a triplet needs two samples
 
     def _check_image_shape_for_distance(self, shape):
         if self.triplet_weight > 0 and self.distance in LPIPS_TRUNKS and shape[0] not in (1, 3):
@@ -626,6 +623,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "larger batch_size.", ConvergenceWarning, stacklevel=3)
         return self
 
+    def _check_param_combinations(self):
+        if self.classifier_weight == 0 and self.triplet_weight == 0:
+            raise ValueError(
+                "classifier_weight and triplet_weight are both 0: nothing would "
+                "train the mask. Set at least one of them > 0."
+            )
+
     def _fit_checked(self, X, y, *, warm, epochs, classes, groups):
         self._check_params()
         X, y, shape, _ = validate_images(self, X, y, image_shape=self.image_shape,
@@ -645,26 +649,15 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
         self.input_range_ = input_range
+        # the one place a fit is decided group-aware: group codes, or None
         group_codes = self._training_groups(X, y_enc, groups, input_range, warm)
         self.group_aware_ = group_codes is not None
-        n_groups = 0 if group_codes is None else int(group_codes.max()) + 1
-        if not warm:
-            self.n_groups_ = n_groups if self.adversary_weight > 0 else 0
-        elif self.adversary_weight > 0 and n_groups > self.n_groups_:
-            raise ValueError(
-                f"This warm fit has {n_groups} groups, but the model's adversary was built "
-                f"for {self.n_groups_} in the first fit. Pass groups with the same values as "
-                "in the first fit, or fit from scratch with warm_start=False.")
-        if self.group_aware_:
-            # rows of (class, group, row index): the objective balances the cells
-            # and draws bias-contrastive pairs across the training set
-            y_enc = np.stack([y_enc, group_codes, np.arange(len(y_enc))], axis=1)
-        self._train(X, y_enc, warm=warm, epochs=epochs)
+        self._train(X, y_enc, group_codes, warm=warm, epochs=epochs)
         self.removal_check_ = None
         self.fallback_ = False
         if epochs is None:  # fit, not partial_fit (called in loops: no extra pass each time)
             if self.group_aware_:
-                check = self._check_removal(X, shape, input_range, y_enc[:, 0], group_codes)
+                check = self._check_removal(X, shape, input_range, y_enc, group_codes)
                 self.removal_check_ = check
                 # inferred groups that make psi(x) worse than x: transform leaves x as is
                 self.fallback_ = self.groups_ is not None and _worse_than_x(check)
@@ -747,8 +740,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         ones (kept in ``groups_``), or None for the paper's objective.
 
         Given labels are coded as in the first fit (``group_labels_``), so a
-        warm fit or a ``partial_fit`` batch may hold a single group and the
-        adversary's outputs keep their meaning."""
+        warm fit or a ``partial_fit`` batch may hold a single group."""
         self.groups_ = None
         known = getattr(self, "group_labels_", None) if warm else None
         if groups is not None:
@@ -785,51 +777,41 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 stacklevel=5)
         return self.groups_
 
-    def _objective(self):
-        return CIMObjective(
-            classifier_weight=float(self.classifier_weight),
-            triplet_weight=float(self.triplet_weight),
-            margin=float(self.margin),
-            mining=self.mining,
-            pair_transform=bool(self.pair_transform),
-            mask_weight=self._mask_weight(),
-            distance=self.distance,
-            pretrained=bool(self.pretrained),
-            head=self.head,
-            head_beta=float(self.head_beta),
-            group_weighting=self.group_weighting,
-            group_triplets=bool(self.group_triplets),
-            adversary_weight=float(self.adversary_weight),
-            invariance_weight=self._invariance_weight(),
-            hard_mask=self._hard_mask(),
+    def _resolved(self):
+        """The parameters that are "auto", resolved: the one place their values
+        are decided, by whether the fit is group-aware (``group_aware_``)."""
+        aware = getattr(self, "group_aware_", False)
+
+        def pick(name, with_groups, without_groups):
+            value = getattr(self, name)
+            if isinstance(value, str) and value == "auto":
+                return with_groups if aware else without_groups
+            return value
+
+        hard = bool(pick("hard_mask", True, False))
+        return dict(
+            mask_weight=float(pick("mask_weight", AUTO_MASK_WEIGHT, 0.0)),
+            invariance_weight=float(pick("invariance_weight", AUTO_INVARIANCE_WEIGHT, 0.0)),
+            hard_mask=hard,
+            # the transform-time cut of a soft mask (None: no cut; hard masks: None)
+            mask_threshold=None if hard else pick("mask_threshold", None, None),
         )
 
-    def _auto(self, name, with_groups, without_groups):
-        """A parameter's value, "auto" resolved by whether the fit is group-aware."""
-        value = getattr(self, name)
-        if isinstance(value, str) and value == "auto":
-            return with_groups if getattr(self, "group_aware_", False) else without_groups
-        return value
+    def _objective(self):
+        """The loss's settings, from the parameters ("auto" resolved)."""
+        params = {**self.get_params(deep=False), **self._resolved()}
+        return CIMObjective(**{f.name: params[f.name] for f in fields(CIMObjective)})
 
     def _hard_mask(self):
-        return bool(self._auto("hard_mask", True, False))
+        return self._resolved()["hard_mask"]
 
     def _mask_threshold(self):
-        """The transform-time cut of a soft mask (None: no cut; hard masks: None)."""
-        if self._hard_mask():
-            return None
-        return self._auto("mask_threshold", None, None)
+        return self._resolved()["mask_threshold"]
 
     def _mask_description(self):
         if self._hard_mask():
             return "hard mask"
         return f"soft mask cut at mask_threshold={self._mask_threshold()}"
-
-    def _mask_weight(self):
-        return float(self._auto("mask_weight", AUTO_MASK_WEIGHT, 0.0))
-
-    def _invariance_weight(self):
-        return float(self._auto("invariance_weight", AUTO_INVARIANCE_WEIGHT, 0.0))
 
     def _net_spec(self):
         return CIMNet, dict(
@@ -841,11 +823,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             module__per_channel_mask=bool(self.per_channel_mask),
             module__head=self.head,
             module__head_width=self.head_width,
-            module__n_groups=getattr(self, "n_groups_", 0),
             objective=self._objective(),
-            image_shape=self.image_shape_,
-            input_range=self.input_range_,
         )
+
+    def _data_layout(self):
+        return self.image_shape_, self.input_range_
 
     def _fast_path(self, device):
         if isinstance(self.compile, dict):

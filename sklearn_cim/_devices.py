@@ -127,4 +127,3 @@ def move_net(net, device):
         for key, value in state.items():
             if torch.is_tensor(value):
                 state[key] = value.to(device)
-    net.reset_generators()  # generators live on a device

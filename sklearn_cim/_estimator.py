@@ -6,6 +6,7 @@ persistence (``save_params`` / ``load_params``).
 """
 
 import json
+import os
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -15,11 +16,14 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import ProgressBar
 from torch import nn
 
+from ._batching import TrainingSet
+from ._checkpoint import EpochCheckpoint, fingerprint, latest, saved_seed
 from ._collectives import broadcast_int, check_agreement, check_distributed, local_device, world
 from ._devices import move_net, place_training_data, resolve_device
 from ._net import FitProgress, default_callbacks, fit_net, net_verbosity, restored_on_error
+from ._params import validate_params
 from ._seeding import seeded_global_rng
-from ._validation import check_number, unique_classes
+from ._validation import unique_classes
 
 
 def _same_callbacks(old, new):
@@ -37,9 +41,10 @@ class TorchEstimatorMixin:
 
     Expects the parameters ``lr``, ``max_epochs``, ``batch_size``, ``device``,
     ``random_state``, ``verbose``, ``callbacks``, ``warm_start``,
-    ``keep_optimizer_state`` and ``distributed``, and the
-    methods ``_net_spec()`` (the net class and its parameters, from fitted
-    attributes) and the class attribute ``_saved_tuple_attributes``.
+    ``checkpoint`` and ``distributed``, the methods ``_net_spec()`` (the net class and its
+    parameters, from fitted attributes) and ``_data_layout()`` (the image
+    shape and value range of the training rows), and the class attribute
+    ``_saved_tuple_attributes``.
     """
 
     _pixels = True  # integer X holds 8-bit pixels
@@ -69,17 +74,18 @@ class TorchEstimatorMixin:
     def device_(self):
         return str(self.net_.device)
 
-    def _check_training_params(self, *, min_batch_size=1):
-        """Check the training parameters both estimators share."""
-        check_number("max_epochs", self.max_epochs, low=1, integer=True)
-        check_number("batch_size", self.batch_size, low=min_batch_size, integer=True)
-        check_number("lr", self.lr, low=0, low_open=True)
-        check_number("verbose", self.verbose, low=0, integer=True)
-        for name in ("warm_start", "keep_optimizer_state"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+    def _check_params(self):
+        """Validate the parameters, once per ``fit`` / ``partial_fit``: the
+        estimator's table (``_parameter_constraints``), the device and
+        data-parallel settings, then what one parameter alone cannot say
+        (:meth:`_check_param_combinations`)."""
+        validate_params(self)
         resolve_device(self.device)
         check_distributed(self.distributed)
+        self._check_param_combinations()
+
+    def _check_param_combinations(self):
+        """Checks that involve several parameters; none by default."""
 
     def _continues(self):
         return bool(self.warm_start) and hasattr(self, "net_")
@@ -98,9 +104,12 @@ class TorchEstimatorMixin:
             return self.classes_
         return classes
 
-    def _new_net(self, seed, device, world=None):
+    def _new_net(self, seed, device, world=None, checkpoint_slot=None):
         net_class, params = self._net_spec()
         verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
+        callbacks = default_callbacks(verbose, self.callbacks)
+        if checkpoint_slot is not None:  # rank 0 writes: every process holds the same model
+            callbacks.append(EpochCheckpoint(checkpoint_slot, write=world is None or world[0] == 0))
         return net_class(
             criterion=nn.CrossEntropyLoss,
             optimizer=torch.optim.Adam,
@@ -109,10 +118,9 @@ class TorchEstimatorMixin:
             batch_size=self.batch_size,
             device=device,
             verbose=net_verbosity(verbose),
-            callbacks=default_callbacks(verbose, self.callbacks),
+            callbacks=callbacks,
             seed=seed,
             optimizer__fused=True,
-            keep_optimizer_state=bool(self.keep_optimizer_state),
             world=world,
             **self._fast_path(device),
             **params,
@@ -144,10 +152,7 @@ class TorchEstimatorMixin:
             if key != "module" and not key.startswith("module__"):
                 setattr(net, key, value)
         for key, value in self._fast_path(net.device).items():
-            if key == "compile_options" and value != net.compile_options:
-                net.__dict__.pop("step_module", None)
             setattr(net, key, value)
-        net.keep_optimizer_state = bool(self.keep_optimizer_state)
         net.batch_size, net.max_epochs = self.batch_size, self.max_epochs
         net.set_params(lr=self.lr)
         verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
@@ -166,15 +171,25 @@ class TorchEstimatorMixin:
             seed = broadcast_int(seed, resolve_device(local_device(self.device)))
         return seed
 
-    def _train(self, X, y, *, warm=False, epochs=None):
+    def _train(self, X, y, groups=None, *, warm=False, epochs=None):
         """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
-        data-parallel fit, with the other processes of the group."""
+        data-parallel fit, with the other processes of the group. ``y``: class
+        codes; ``groups``: group codes for the group-aware objective, or None."""
         group = world(self.distributed)
         device = resolve_device(local_device(self.device) if group else self.device)
         if group is not None:  # the first collective: do all processes agree?
             check_agreement(warm, len(X), X.shape[1], device)
         # a warm fit that raises leaves net_ as it was (_all_or_nothing restores
         # the estimator's attributes, not the net they share)
+        resume = slot = None
+        if self.checkpoint is not None:
+            if warm:
+                raise ValueError(
+                    "checkpoint resumes a fit from scratch; a warm_start fit or partial_fit "
+                    "continues the model in memory instead. Set checkpoint=None for it, "
+                    "or warm_start=False.")
+            slot = os.path.join(os.fspath(self.checkpoint), fingerprint(self, X, y, groups))
+            resume = latest(slot)
         with restored_on_error(self.net_) if warm else nullcontext():
             if warm:
                 net = self.net_
@@ -182,15 +197,20 @@ class TorchEstimatorMixin:
                 net.world = group
                 seed = net.seed + len(net.history)
             else:
-                seed = self._shared_seed()  # batch order, initial weights
-                net = self._new_net(seed, device, group)
-            X_t = place_training_data(X, net.device, pixels=self._pixels)
-            y_t = torch.as_tensor(y, device=net.device)
-            net.set_training_data(X_t, y_t)
-            try:
-                self.net_ = fit_net(net, X_t, y_t, seed, epochs=epochs, initialize=not warm)
-            finally:
-                net.release_training_data()
+                # batch order, initial weights: a resumed fit keeps the seed it had
+                seed = self._shared_seed() if resume is None else saved_seed(resume)
+                net = self._new_net(seed, device, group, checkpoint_slot=slot)
+            image_shape, input_range = self._data_layout()
+            rank, size = group or (0, 1)
+            data = TrainingSet(
+                place_training_data(X, net.device, pixels=self._pixels),
+                torch.as_tensor(y, device=net.device),
+                None if groups is None else torch.as_tensor(groups, device=net.device),
+                image_shape=image_shape, input_range=input_range,
+                channels_last=net.channels_last, device=net.device, rank=rank,
+                world_size=size)
+            self.net_ = fit_net(net, data, seed, epochs=epochs, initialize=not warm,
+                                resume=resume)
         return self.net_
 
     # -- weights-only persistence ----------------------------------------------
@@ -211,11 +231,12 @@ class TorchEstimatorMixin:
         if "feature_names_in_" in meta:
             self.feature_names_in_ = np.asarray(meta["feature_names_in_"], dtype=object)
 
-    def __getstate__(self):
-        # keep_optimizer_state applies to the pickle even when set after fit
-        if "net_" in vars(self):
-            self.net_.keep_optimizer_state = bool(self.keep_optimizer_state)
-        return super().__getstate__()
+    def __setstate__(self, state):
+        # pickled by 0.1: keep_optimizer_state was a parameter (pickles now keep
+        # the optimizer state); checkpoint was not one yet
+        state.pop("keep_optimizer_state", None)
+        state.setdefault("checkpoint", None)
+        super().__setstate__(state)
 
     def save_params(self, path):
         """Save the fitted weights and what is needed to rebuild them.

@@ -34,6 +34,31 @@ LOCAL_PROXY_LR = 1e-2
 LOCAL_PROXY_MAX_SIDE = 64
 
 
+def encode_groups(groups, labels=None):
+    """The package's one group encoder: ``(labels, codes)`` for a sequence of
+    hashable group labels, with ``labels[code]`` the label of a code.
+
+    Labels are sorted (labels of types that do not compare, e.g. ints and
+    strings, by type name, then ``repr``); numpy scalars become Python
+    objects. ``labels``: labels known from an earlier call, which keep their
+    codes; labels not seen before are appended (in sorted order).
+    """
+    seen = list(dict.fromkeys(g.item() if isinstance(g, np.generic) else g for g in groups))
+    try:
+        new = sorted(seen)
+    except TypeError:  # types that cannot be compared with each other
+        new = sorted(seen, key=lambda g: (type(g).__name__, repr(g)))
+    labels = [] if labels is None else list(labels)  # the caller's list is not changed
+    lookup = {g: i for i, g in enumerate(labels)}
+    for g in new:
+        if g not in lookup:
+            lookup[g] = len(labels)
+            labels.append(g)
+    codes = np.fromiter((lookup[g.item() if isinstance(g, np.generic) else g] for g in groups),
+                        dtype=np.int64, count=len(groups))
+    return labels, codes
+
+
 def check_groups(groups, n_samples, labels=None, allow_single=False):
     """The group labels and the integer code of each training image's group.
 
@@ -61,20 +86,8 @@ def check_groups(groups, n_samples, labels=None, allow_single=False):
             f"groups holds missing values (None or NaN) at {len(missing)} images, e.g. index "
             f"{missing[0]}. Give every image a group, drop those images, or leave groups "
             "out and set infer_groups=True to have them inferred.")
-    seen = list(dict.fromkeys(flat))
-    if labels is None:
-        try:
-            labels = sorted(seen)
-        except TypeError:  # mixed types (e.g. ints and strings): by first appearance
-            labels = seen
-    labels = list(labels)  # a copy: the caller's list is not changed
-    lookup = {g: i for i, g in enumerate(labels)}
-    for g in seen:
-        if g not in lookup:
-            lookup[g] = len(labels)
-            labels.append(g)
-    codes = np.fromiter((lookup[g] for g in flat), dtype=np.int64, count=len(flat))
-    if not allow_single and len(seen) < 2:
+    labels, codes = encode_groups(flat, labels)
+    if not allow_single and len(np.unique(codes)) < 2:
         raise ValueError(
             "groups holds a single group: there is no nuisance to balance or contrast. "
             "Pass the nuisance attribute of each image (at least two values), or leave "
@@ -118,13 +131,15 @@ def check_groups_vary_within_classes(groups, codes, y):
         "nothing can be balanced or contrasted: fit without groups.")
 
 
-def balanced_weights(cells):
-    """Inverse-frequency weight of each sample's cell, with mean 1 over the samples:
-    every (class, group) cell then carries the same total weight."""
-    cells = torch.as_tensor(cells)
+def cell_weights(classes, groups, n_groups):
+    """The balancing weight of each (class, group) cell, indexed by ``class *
+    n_groups + group``: inverse frequency, with mean 1 over the samples, so
+    every cell present carries the same total weight (cells absent: inf, never
+    read)."""
+    cells = torch.as_tensor(classes) * n_groups + torch.as_tensor(groups)
     counts = torch.bincount(cells).float()
     present = (counts > 0).sum()
-    return (len(cells) / (present * counts))[cells]
+    return len(cells) / (present * counts)
 
 
 class PairTable:

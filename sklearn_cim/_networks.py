@@ -8,7 +8,6 @@ to their skip connection.
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -152,35 +151,14 @@ class LocalCueClassifier(nn.Module):
         return self.linear(torch.cat([h.amax((2, 3)), h.mean((2, 3))], dim=1))
 
 
-class _ReverseGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -grad
-
-
-def reverse_gradient(x):
-    """Identity forward; the gradient flows back negated (Ganin & Lempitsky 2015)."""
-    return _ReverseGradient.apply(x)
-
-
 class NuisanceAdversary(nn.Module):
-    """A linear model predicting the group (nuisance) from the flattened psi(x).
-
-    Trained to predict the group while the mask net, through a gradient
-    reversal, is trained to defeat it: what a linear model downstream could read
-    of the nuisance is what the mask is pushed to remove.
-    """
+    """The group adversary of versions before 0.2 (a linear model on psi(x)
+    behind a gradient reversal; removed: it lowered OOD accuracy). Kept so
+    that pickles holding one still load; nothing trains or calls it."""
 
     def __init__(self, n_features, n_groups):
         super().__init__()
         self.linear = nn.Linear(n_features, n_groups)
-
-    def forward(self, psi):
-        return self.linear(reverse_gradient(psi).flatten(1))
 
 
 def gaussian_kl(mu, sigma):
@@ -262,7 +240,7 @@ class CIMModule(nn.Module):
     hard = False
 
     def __init__(self, image_shape, n_classes, tn_width=16, tn_depth=2,
-                 per_channel_mask=False, head="cnn", head_width=32, n_groups=0):
+                 per_channel_mask=False, head="cnn", head_width=32):
         super().__init__()
         in_channels = image_shape[0]
         self.mask_net = MaskNet(in_channels, tn_width, tn_depth, per_channel_mask)
@@ -271,9 +249,6 @@ class CIMModule(nn.Module):
                                   hidden_layer_sizes=(), conv_width=head_width)
         else:
             self.head = ConvClassifier(in_channels, n_classes, head_width)
-        # the group-aware objective's adversary (built when fitted with groups)
-        self.adversary = (NuisanceAdversary(int(np.prod(image_shape)), n_groups)
-                          if n_groups > 1 else None)
 
     def forward(self, x):
         mask = self.mask_net(x)

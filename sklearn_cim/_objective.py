@@ -8,16 +8,14 @@ the invariance of psi(x) to the group within each class (with groups), the
 mask's sparsity, the VIB head's KL and the group adversary.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from ._batching import as_images, to_unit
-from ._devices import native_rows
 from ._distances import make_distance
-from ._groups import PairTable, balanced_weights
+from ._groups import PairTable, cell_weights
 from ._net import TorchNet
 from ._networks import gaussian_kl
 from ._seeding import seeded_global_rng
@@ -26,24 +24,31 @@ from ._triplet import mine_triplets, mining_distances, triplet_loss
 
 @dataclass(frozen=True)
 class CIMObjective:
-    """The weights and choices of the CIM loss (see :class:`CIMTransformer`)."""
+    """The weights and choices of the CIM loss, as :class:`CIMTransformer`'s
+    parameters give them ("auto" resolved by ``CIMTransformer._resolved``);
+    no defaults of its own."""
 
-    classifier_weight: float = 1.0
-    triplet_weight: float = 1.0
-    margin: float = 0.1
-    mining: str = "random"
-    pair_transform: bool = False
-    mask_weight: float = 0.0
-    distance: Any = "lpips-alex"
-    pretrained: bool = True
-    head: str = "cnn"
-    head_beta: float = 1e-3
-    group_weighting: str = "balanced"
-    group_triplets: bool = True
-    adversary_weight: float = 0.0
-    # (pickles written before these fields existed read the class defaults)
-    invariance_weight: float = 0.0
-    hard_mask: bool = False
+    classifier_weight: float
+    triplet_weight: float
+    margin: float
+    mining: str
+    pair_transform: bool
+    mask_weight: float
+    distance: Any
+    pretrained: bool
+    head: str
+    head_beta: float
+    group_weighting: str
+    group_triplets: bool
+    invariance_weight: float
+    hard_mask: bool
+
+    def __setstate__(self, state):
+        # pickled before the invariance term and hard masks: the objective then;
+        # adversary_weight: a field until the adversary was removed
+        state = {"invariance_weight": 0.0, "hard_mask": False, **state}
+        state.pop("adversary_weight", None)
+        self.__dict__.update(state)
 
 
 def group_mean_gap(diff, groups, valid, half):
@@ -63,42 +68,50 @@ def group_mean_gap(diff, groups, valid, half):
     return ((mean_first * mean_second).sum(1) * share * both).sum()
 
 
-class CIMNet(TorchNet):
-    """skorch net training :class:`~sklearn_cim._networks.CIMModule` on the CIM objective.
+@functools.lru_cache(maxsize=4)
+def built_metric(distance, pretrained, device, seed, channels_last):
+    """The :class:`~sklearn_cim._distances.Distance` a fit measures with,
+    frozen in eval mode; a random trunk (``pretrained=False``) is drawn from
+    torch's global RNG seeded by ``seed`` (the net's, not by the epochs done):
+    the same in every process of a data-parallel fit and in every fit of that
+    seed.
 
-    The perceptual metric is built on first use, kept outside skorch's module
-    registry (so it is never optimised, never switched to train mode and never
-    pickled) and stays frozen in eval mode.
+    Built once for the fits that share these arguments (a search, a
+    ``partial_fit`` loop) and kept here, outside the nets: never in skorch's
+    module registry (so never optimised or switched to train mode) and never
+    pickled with a model. It is only read (forward passes), so fits in
+    concurrent threads may share it.
     """
+    with seeded_global_rng(seed, device):
+        metric = make_distance(distance, pretrained).to(device)
+    if channels_last:
+        metric.use_channels_last()
+    return metric
+
+
+class CIMNet(TorchNet):
+    """skorch net training :class:`~sklearn_cim._networks.CIMModule` on the CIM
+    objective, with the perceptual distance of :func:`built_metric`."""
 
     def __init__(self, *args, objective=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.objective = objective
 
-    transient_attributes = TorchNet.transient_attributes + (
-        "metric", "metric_key", "train_X", "pair_table", "sample_weights", "group_aware")
-
-    def set_training_data(self, X, y):
-        """Keep what the group-aware objective reads across the training set.
-
-        ``y`` is 1-D (classes: the paper's objective) or ``(n, 3)`` rows of
-        (class, group, row index); then each sample's balancing weight and a
-        :class:`PairTable` for bias-contrastive triplets are built here.
-        """
-        self.release_training_data()
-        self.group_aware = y.ndim == 2
-        if y.ndim == 2:
-            obj = self.objective
-            classes, groups = y[:, 0], y[:, 1]
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        """With groups (``X.groups``), build each (class, group) cell's
+        balancing weight and a :class:`PairTable` for the pairs drawn from the
+        whole training set."""
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+        obj = self.objective
+        self.cell_weights_ = self.pair_table_ = None
+        if X.groups is not None:
+            self.n_cell_groups_ = int(X.groups.max()) + 1
             if obj.group_weighting == "balanced":
-                cells = classes * (int(groups.max()) + 1) + groups
-                self.sample_weights = balanced_weights(cells)
+                self.cell_weights_ = cell_weights(X.y, X.groups, self.n_cell_groups_)
             if (obj.group_triplets and obj.triplet_weight > 0) or obj.invariance_weight > 0:
-                self.pair_table = PairTable(classes, groups)
-                self.train_X = X  # pairs are drawn from the whole training set
+                self.pair_table_ = PairTable(X.y, X.groups)
 
-    def release_training_data(self):
-        self.train_X = self.pair_table = self.sample_weights = None
+    fit_scoped = TorchNet.fit_scoped + ("cell_weights_", "pair_table_", "n_cell_groups_")
 
     def prepare_training(self):
         # psi(x) in training: hard or soft, as the objective says
@@ -110,35 +123,22 @@ class CIMNet(TorchNet):
             self.get_metric()  # fail before the first step if the trunk is unavailable
 
     def untrained_parameters(self):
-        out = []
         if self.objective.classifier_weight == 0:  # nothing trains the head
-            out += list(self.module_.head.parameters())
-        adversary = self.module_.adversary
-        if adversary is not None and not self.uses_adversary():
-            out += list(adversary.parameters())
-        return out
-
-    def uses_adversary(self):
-        return (self.objective.adversary_weight > 0 and self.module_.adversary is not None
-                and getattr(self, "group_aware", False))
+            return list(self.module_.head.parameters())
+        return []
 
     def get_metric(self):
-        key = (self.objective.distance, self.objective.pretrained, str(self.device))
-        if getattr(self, "metric", None) is None or getattr(self, "metric_key", None) != key:
-            with seeded_global_rng(self.seed, self.device):  # not by the epochs done
-                self.metric = make_distance(*key[:2]).to(self.device)
-            if self.channels_last:
-                self.metric.use_channels_last()
-            self.metric_key = key
-        return self.metric
+        """The objective's perceptual distance on the net's device (shared, see
+        :func:`built_metric`)."""
+        obj = self.objective
+        return built_metric(obj.distance, obj.pretrained, str(self.device), self.seed,
+                            bool(self.channels_last))
 
-    def loss_terms(self, y_pred, y_true, X):
+    def loss_terms(self, y_pred, targets, X):
         mask, psi, head_out = y_pred  # head_out: logits, or (mu, sigma) of the vib head
         obj = self.objective
         terms = {}
-        groups = rows = None
-        if y_true.ndim == 2:  # (class, group, row index): the group-aware objective
-            y_true, groups, rows = y_true.unbind(1)
+        y_true, groups = targets  # groups: None for the paper's objective
         if obj.head == "vib":
             mu, sigma = head_out
             logits = self.module_.head.sample_logits(mu, sigma, self.generator)[0]
@@ -147,13 +147,13 @@ class CIMNet(TorchNet):
         else:
             logits = head_out
         if obj.classifier_weight > 0:
-            terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, rows))
+            terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, groups))
         positives = None
-        if groups is not None and self.pair_table is not None:
+        if groups is not None and self.pair_table_ is not None:
             # one same-class, other-group image per anchor (rows, valid, images), drawn
             # and copied to the device once for the terms below
-            pos, pos_ok = self.pair_table.positives(y_true, groups, self.generator)
-            positives = (pos, pos_ok, self.training_images(pos))
+            pos, pos_ok = self.pair_table_.positives(y_true, groups, self.generator)
+            positives = (pos, pos_ok, self.training_set_.images(pos))
         if obj.triplet_weight > 0:
             terms["triplet"] = (obj.triplet_weight,
                                 self.triplet_term(psi, X, y_true, groups, positives))
@@ -162,24 +162,16 @@ class CIMNet(TorchNet):
                                    self.invariance_term(psi, groups, positives))
         if obj.mask_weight > 0:
             terms["mask"] = (obj.mask_weight, mask.mean())
-        if groups is not None and self.uses_adversary():
-            terms["adversary"] = (obj.adversary_weight,
-                                  self.adversary_term(psi, groups, rows))
         return terms
 
-    def adversary_term(self, psi, groups, rows):
-        """Cross-entropy of the linear group adversary on psi(x), balanced over the
-        cells like the head's (so the class alone does not predict the group).
-        The adversary descends it; the mask net, through the reversed gradient,
-        ascends it."""
-        return self.cross_entropy(self.module_.adversary(psi), groups, rows)
-
-    def cross_entropy(self, logits, y, rows=None):
-        """The head's cross-entropy; with groups, weighted to balance the cells."""
-        if rows is None or self.sample_weights is None:
+    def cross_entropy(self, logits, y, groups=None):
+        """The head's cross-entropy; with groups and balanced weighting, each
+        sample weighted by its (class, group) cell."""
+        weights = getattr(self, "cell_weights_", None)
+        if groups is None or weights is None:
             return self.criterion_(logits, y)
         per_sample = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        return (per_sample * self.sample_weights[rows]).mean()
+        return (per_sample * weights[y * self.n_cell_groups_ + groups]).mean()
 
     def invariance_term(self, psi, groups, positives):
         """How far psi(x) of each group is, on average, from psi of same-class
@@ -236,9 +228,9 @@ class CIMNet(TorchNet):
         another group, the negative the anchor's group and another class, both
         drawn from the whole training set; anchors without one are left out."""
         _, pos_ok, pos_images = positives
-        neg, neg_ok = self.pair_table.negatives(y, groups, self.generator)
+        neg, neg_ok = self.pair_table_.negatives(y, groups, self.generator)
         with torch.no_grad():
-            pairs = torch.cat([pos_images, self.training_images(neg)])
+            pairs = torch.cat([pos_images, self.training_set_.images(neg)])
             if self.objective.pair_transform:
                 pairs = self.module_.masked(pairs)
             emb = metric.embed(pairs)
@@ -246,13 +238,3 @@ class CIMNet(TorchNet):
         d_pos = metric.between(anchor, metric.take(emb, slice(0, n)))
         d_neg = metric.between(anchor, metric.take(emb, slice(n, 2 * n)))
         return triplet_loss(d_pos, d_neg, self.objective.margin, pos_ok & neg_ok)
-
-    def training_images(self, rows):
-        """Rows of the training set as unit-range images on the device."""
-        X = self.train_X
-        if torch.is_tensor(X):
-            xb = X[rows.to(X.device)]
-        else:
-            xb = torch.from_numpy(native_rows(np.asarray(X[rows.cpu().numpy()])))
-        xb = xb.to(self.device)
-        return as_images(to_unit(xb, self.input_range), self.image_shape, self.channels_last)

@@ -18,8 +18,8 @@ from ._batching import batched_apply
 from ._estimator import TorchEstimatorMixin
 from ._net import TorchNet
 from ._networks import VIBModule, gaussian_kl
+from ._params import non_negative, positive_int, training_constraints, validate_params
 from ._validation import (
-    check_number,
     encode_labels,
     require_y,
     validate_data_with_fix,
@@ -50,8 +50,9 @@ class VIBNet(TorchNet):
         self.beta = beta
         self.n_train_samples = n_train_samples
 
-    def loss_terms(self, y_pred, y_true, X):
+    def loss_terms(self, y_pred, targets, X):
         mu, sigma = y_pred
+        y_true = targets.classes
         logits = self.module_.sample_logits(mu, sigma, self.generator, self.n_train_samples)
         ce = self.criterion_(logits.flatten(0, 1), y_true.repeat(self.n_train_samples))
         return {"ce": (1.0, ce), "kl": (self.beta, gaussian_kl(mu, sigma))}
@@ -113,10 +114,6 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
         ``"cuda:N"``.
-    keep_optimizer_state : bool, default=False
-        Keep the optimizer's state (Adam moments) in pickles, so that a warm
-        start after unpickling continues exactly. Off, pickles are about three
-        times smaller and a warm start after unpickling starts a fresh Adam.
     distributed : {False, True, "auto"}, default=False
         Data-parallel training with the other processes of an initialised
         ``torch.distributed`` process group, each calling ``fit`` on the same
@@ -131,6 +128,18 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
         epoch, rate, ETA and the last epoch's loss terms); 2 skorch's table of
         one line per epoch and a bar per epoch.
     callbacks : list of skorch callbacks or None, default=None
+    checkpoint : str, path-like or None, default=None
+        A folder: ``fit`` writes the model's state there at the end of every
+        epoch (weights, optimizer state, history), and a ``fit`` of the same
+        estimator on the same data that was killed (pre-emption, out of
+        memory, ``kill -9``) resumes from the last one: run it again and the
+        fitted model equals the one an uninterrupted fit reaches, bitwise on
+        CPU. Each fit has its own sub-folder, named by a fingerprint of the
+        parameters and the training data (read once more to hash it), so one
+        folder serves a whole search. A finished fit's last checkpoint stays:
+        running the same fit again returns it without training; delete the
+        folder to train anew. Not with ``warm_start`` continuations or
+        ``partial_fit``.
     warm_start : bool, default=False
         If True, ``fit`` on a fitted classifier continues training from its
         weights (same features; labels among ``classes_``).
@@ -179,6 +188,17 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
     """
 
     _pixels = False  # features, not 8-bit pixels: integers are kept as values
+
+    _parameter_constraints = {
+        "beta": [non_negative()],
+        "latent_dim": [positive_int()],
+        "hidden_layer_sizes": [positive_int(), tuple, list],
+        "image_shape": [tuple, list, None],
+        "conv_width": [positive_int()],
+        "n_train_samples": [positive_int()],
+        "n_test_samples": [positive_int()],
+        **training_constraints(),
+    }
     _saved_tuple_attributes = ("image_shape_",)
 
     def __init__(
@@ -195,12 +215,12 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
         batch_size=100,
         lr=1e-3,
         device="auto",
-        keep_optimizer_state=False,
         distributed=False,
         random_state=None,
         verbose=0,
         callbacks=None,
         warm_start=False,
+        checkpoint=None,
     ):
         self.beta = beta
         self.latent_dim = latent_dim
@@ -213,12 +233,12 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
         self.batch_size = batch_size
         self.lr = lr
         self.device = device
-        self.keep_optimizer_state = keep_optimizer_state
         self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
         self.warm_start = warm_start
+        self.checkpoint = checkpoint
 
     # -- public API -----------------------------------------------------------
     def fit(self, X, y):
@@ -268,7 +288,8 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
         """
         check_is_fitted(self)
         X, _ = self._validate(X, reset=False)
-        check_number("n_test_samples", self.n_test_samples, low=1, integer=True)
+        # read here, not in fit: checked where it is read, from the same table
+        validate_params(self, ["n_test_samples"])
         module, dtype = self._inference_module()
         eps = torch.randn(
             (self.n_test_samples, 1, self.net_.module__latent_dim),
@@ -342,18 +363,16 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
         return self.net_.module__latent_dim
 
     # -- internals ------------------------------------------------------------
-    def _check_params(self):
-        check_number("beta", self.beta, low=0)
-        for name in ("latent_dim", "n_train_samples", "n_test_samples", "conv_width"):
-            check_number(name, getattr(self, name), low=1, integer=True)
-        self._check_training_params()
+    def _check_param_combinations(self):
+        self._hidden_layer_sizes()
+
+    def _hidden_layer_sizes(self):
+        """``hidden_layer_sizes`` as a tuple of positive ints (an int is one layer)."""
         hidden = self.hidden_layer_sizes
         if isinstance(hidden, Integral) and not isinstance(hidden, bool):
             hidden = (hidden,)
-        if not isinstance(hidden, (tuple, list)) or not all(
-            isinstance(h, Integral) and not isinstance(h, bool) and h >= 1
-            for h in hidden
-        ):
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1
+                   for h in hidden):
             raise ValueError(
                 f"hidden_layer_sizes must be a tuple of positive integers, got "
                 f"{self.hidden_layer_sizes!r}; write e.g. hidden_layer_sizes=(256, 256) "
@@ -406,19 +425,19 @@ class VIBClassifier(ClassNamePrefixFeaturesOutMixin, ClassifierMixin, Transforme
 
     def _net_spec(self):
         in_shape = self._in_shape()
-        hidden = self._check_params()  # the normalised hidden_layer_sizes
         return VIBNet, dict(
             module=VIBModule,
             module__in_shape=in_shape,
             module__n_classes=len(self.classes_),
             module__latent_dim=self.latent_dim,
-            module__hidden_layer_sizes=hidden,
+            module__hidden_layer_sizes=self._hidden_layer_sizes(),
             module__conv_width=self.conv_width,
             beta=float(self.beta),
             n_train_samples=self.n_train_samples,
-            image_shape=in_shape,
-            input_range=(0.0, 1.0),
         )
+
+    def _data_layout(self):
+        return self._in_shape(), (0.0, 1.0)
 
     def _inference_module(self):
         """The fitted module in eval mode, and the dtype to run it in.

@@ -173,11 +173,10 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
             f"nprocs={nprocs} processes need {nprocs} GPUs with backend='nccl', but "
             f"{torch.cuda.device_count()} are visible. Lower nprocs, or use "
             "backend='gloo' with device='cpu'.")
-    params = {"distributed": estimator.distributed,
-              "keep_optimizer_state": estimator.keep_optimizer_state}
+    params = {"distributed": estimator.distributed}
     with tempfile.TemporaryDirectory(prefix="sklearn-cim-ddp-") as out_dir:
-        # to the processes and back with Adam's state, to continue exactly
-        estimator.set_params(distributed=True, keep_optimizer_state=True)
+        # to the processes and back (pickles keep Adam's state: it continues exactly)
+        estimator.set_params(distributed=True)
         try:
             args = (estimator, _shareable(X), _shareable(y), nprocs, backend, out_dir,
                     timeout)

@@ -6,6 +6,8 @@ from sklearn import get_config
 from sklearn.metrics import accuracy_score, make_scorer
 from sklearn.utils import check_consistent_length, column_or_1d
 
+from ._groups import encode_groups
+
 __all__ = ["group_accuracies", "worst_group_accuracy", "make_worst_group_scorer",
            "removal_score"]
 
@@ -18,18 +20,6 @@ def _as_groups(groups):
         rows[:] = [tuple(row) for row in np.asarray(groups, dtype=object).tolist()]
         return rows
     return column_or_1d(arr, warn=False)
-
-
-def _group_codes(groups):
-    """Sorted distinct groups (as Python objects) and each sample's index into them."""
-    try:
-        uniques, codes = np.unique(groups, return_inverse=True)
-    except TypeError:  # groups of types that cannot be compared with each other
-        uniques = sorted(set(groups), key=lambda g: (type(g).__name__, repr(g)))
-        position = {g: i for i, g in enumerate(uniques)}
-        codes = np.array([position[g] for g in groups])
-    uniques = [g.item() if isinstance(g, np.generic) else g for g in uniques]
-    return uniques, np.ravel(codes)
 
 
 def group_accuracies(y_true, y_pred, groups):
@@ -70,7 +60,7 @@ def group_accuracies(y_true, y_pred, groups):
         raise ValueError("group_accuracies needs at least one sample; got empty inputs.")
     accuracy_score(y_true, y_pred)  # checks that the labels are comparable classes
     correct = column_or_1d(y_true) == column_or_1d(y_pred)
-    uniques, codes = _group_codes(groups)
+    uniques, codes = encode_groups(list(groups))
     hits = np.bincount(codes, weights=correct, minlength=len(uniques))
     sizes = np.bincount(codes, minlength=len(uniques))
     return {g: float(h / n) for g, h, n in zip(uniques, hits, sizes)}

@@ -56,7 +56,12 @@ def unfitted(method):
 
 _NAN = r"imputer transformer.*or drop samples"
 _INF = r"Remove or replace the infinite values"
-_CHOOSE = r"is not supported; choose one of"
+_CHOOSE = r"must be a str among"
+
+
+def _param(name, allowed, estimator="CIMTransformer"):
+    """scikit-learn's message for a parameter outside its table's constraints."""
+    return rf"The '{name}' parameter of {estimator} must be {allowed}"
 _SPARSE = r"Use '\.toarray\(\)' to convert to a dense numpy array"
 _NUMBERS = r"Convert every entry to a number first"
 _STRINGS = r"Convert your data to numeric values explicitly"
@@ -134,7 +139,8 @@ BAD_INPUTS = [
     pytest.param("vib", {"image_shape": ("1", "8", "8")}, fit(), TypeError,
                  r"write e\.g\. image_shape=\(1, 28, 28\)", id="vib-image_shape-str"),
     pytest.param("cim", {"image_shape": "8x8"}, fit(), ValueError,
-                 r"must be a tuple \(C, H, W\) or \(H, W\)", id="cim-image_shape-not-tuple"),
+                 _param("image_shape", r"an instance of 'tuple'"),
+                 id="cim-image_shape-not-tuple"),
     pytest.param("cim", {"image_shape": (4, 4, 4), **LPIPS}, fit(), ValueError,
                  r"use distance='ssim' or 'l2'", id="cim-lpips-4-channels"),
     pytest.param("cim", LPIPS, fit(lambda X: X.reshape(len(X), 2, 4, 8)), ValueError,
@@ -203,16 +209,23 @@ BAD_INPUTS = [
                  id="vib-unfitted-transform"),
     # -- hyper-parameters ----------------------------------------------------
     pytest.param("cim", {"classifier_weight": -1.0}, fit(), ValueError,
-                 r"classifier_weight must be >= 0", id="cim-negative-classifier_weight"),
+                 _param("classifier_weight", r"a float in the range \[0.0, inf\)"),
+                 id="cim-negative-classifier_weight"),
     pytest.param("cim", {"triplet_weight": -1.0}, fit(), ValueError,
-                 r"triplet_weight must be >= 0", id="cim-negative-triplet_weight"),
+                 _param("triplet_weight", r"a float in the range \[0.0, inf\)"),
+                 id="cim-negative-triplet_weight"),
     pytest.param("cim", {"mask_weight": -0.5}, fit(), ValueError,
-                 r"mask_weight must be >= 0", id="cim-negative-mask_weight"),
+                 _param("mask_weight", r"a float in the range \[0.0, inf\) or a str among "
+                        r"\{'auto'\}"),
+                 id="cim-negative-mask_weight"),
     pytest.param("cim", {"head": "vib", "head_beta": -1e-3}, fit(), ValueError,
-                 r"head_beta must be >= 0", id="cim-negative-head_beta"),
-    pytest.param("vib", {"beta": -1e-3}, fit(), ValueError, r"beta must be >= 0",
+                 _param("head_beta", r"a float in the range \[0.0, inf\)"),
+                 id="cim-negative-head_beta"),
+    pytest.param("vib", {"beta": -1e-3}, fit(), ValueError,
+                 _param("beta", r"a float in the range \[0.0, inf\)", "VIBClassifier"),
                  id="vib-negative-beta"),
-    pytest.param("cim", {"margin": -0.1}, fit(), ValueError, r"margin must be >= 0",
+    pytest.param("cim", {"margin": -0.1}, fit(), ValueError,
+                 _param("margin", r"a float in the range \[0.0, inf\)"),
                  id="cim-negative-margin"),
     pytest.param("cim", {"classifier_weight": 0.0, "triplet_weight": 0.0}, fit(),
                  ValueError, r"Set at least one of them > 0", id="cim-all-weights-0"),
@@ -225,20 +238,24 @@ BAD_INPUTS = [
                  r"use 'auto', 'cpu', 'cuda' or 'cuda:N'", id="cim-unknown-device"),
     pytest.param("vib", {"device": "tpu"}, fit(), ValueError,
                  r"use 'auto', 'cpu', 'cuda' or 'cuda:N'", id="vib-unknown-device"),
-    pytest.param("cim", {"batch_size": 1}, fit(), ValueError, r"batch_size must be >= 2",
+    pytest.param("cim", {"batch_size": 1}, fit(), ValueError,
+                 _param("batch_size", r"an int in the range \[2, inf\)"),
                  id="cim-batch_size-1"),
-    pytest.param("vib", {"batch_size": 0}, fit(), ValueError, r"batch_size must be >= 1",
+    pytest.param("vib", {"batch_size": 0}, fit(), ValueError,
+                 _param("batch_size", r"an int in the range \[1, inf\)", "VIBClassifier"),
                  id="vib-batch_size-0"),
-    pytest.param("vib", {"latent_dim": 0}, fit(), ValueError, r"latent_dim must be >= 1",
+    pytest.param("vib", {"latent_dim": 0}, fit(), ValueError,
+                 _param("latent_dim", r"an int in the range \[1, inf\)", "VIBClassifier"),
                  id="vib-latent_dim-0"),
     pytest.param("vib", {"n_test_samples": 0}, fit(), ValueError,
-                 r"n_test_samples must be >= 1", id="vib-n_test_samples-0"),
+                 _param("n_test_samples", r"an int in the range \[1, inf\)", "VIBClassifier"),
+                 id="vib-n_test_samples-0"),
     pytest.param("vib", {"hidden_layer_sizes": (8, 0)}, fit(), ValueError,
                  r"write e\.g\. hidden_layer_sizes=\(256, 256\)", id="vib-hidden-size-0"),
     pytest.param("cim", {"data_range": (1.0, 0.0)}, fit(), ValueError,
                  r"data_range must satisfy low < high", id="cim-data_range-reversed"),
     pytest.param("cim", {"pretrained": "no"}, fit(), TypeError,
-                 r"pretrained must be True or False", id="cim-pretrained-not-bool"),
+                 _param("pretrained", r"an instance of 'bool'"), id="cim-pretrained-not-bool"),
     # -- containers and dtypes -----------------------------------------------
     pytest.param("cim", {}, fit(lambda X: sp.csr_matrix(flat(X))), TypeError, _SPARSE,
                  id="cim-sparse"),

@@ -11,6 +11,7 @@ import torch
 
 import sklearn_cim._cim as cim_module
 from sklearn_cim import CIMTransformer
+from sklearn_cim._distances import Distance
 from sklearn_cim._triplet import mine_triplets, triplet_loss
 
 
@@ -165,13 +166,14 @@ def test_joblib_round_trip_and_no_lpips_in_pickle(images, tiny, tmp_path):
     X, y = images
     X3 = np.repeat(X, 3, axis=1)
     cim = CIMTransformer(**{**tiny, "distance": "lpips-alex", "pretrained": False}).fit(X3, y)
-    assert cim.net_.metric is not None  # built during fit
+    metric = cim.net_.get_metric()  # built during fit, kept outside the net
     path = tmp_path / "cim.joblib"
     joblib.dump(cim, path)
     loaded = joblib.load(path)
     np.testing.assert_array_equal(loaded.transform(X3), cim.transform(X3))
     assert getattr(loaded.net_, "metric", None) is None
-    trunk_bytes = sum(p.numel() * 4 for p in cim.net_.metric.model.parameters())
+    assert not any(isinstance(v, Distance) for v in vars(loaded.net_).values())
+    trunk_bytes = sum(p.numel() * 4 for p in metric.model.parameters())
     assert path.stat().st_size < trunk_bytes / 4
 
 

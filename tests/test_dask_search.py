@@ -22,6 +22,7 @@ from skorch.callbacks import Callback
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from sklearn_cim import CIMTransformer
+from sklearn_cim._batching import TrainingSet
 
 CIM_TINY = dict(distance="l2", max_epochs=2, batch_size=32, tn_width=4, tn_depth=1,
                 head_width=8, device="cpu", random_state=0)
@@ -132,7 +133,8 @@ def _load(data):
 def _live_attributes(net):
     """Attributes of ``net`` holding generators, compiled wrappers or tensors
     (bare or in a dict), outside skorch's modules, criterion and optimizer."""
-    live = (torch.Generator, torch._dynamo.eval_frame.OptimizedModule, torch.Tensor)
+    live = (torch.Generator, torch._dynamo.eval_frame.OptimizedModule, torch.Tensor,
+            TrainingSet)
     return sorted(name for name, value in vars(net).items()
                   if isinstance(value, live)
                   or isinstance(value, dict) and any(isinstance(v, live) for v in value.values()))
@@ -160,9 +162,9 @@ def test_pickles_carry_no_generators_or_compiled_wrappers():
     spy = _PickleMidFit()
     cim = CIMTransformer(**{**CIM_TINY, "max_epochs": 1, "batch_size": 16},
                          compile={"backend": "eager"}, callbacks=[spy]).fit(X, y)
-    # during the fit: the batch and loss generators, the compiled forward and
-    # the epoch's loss sums on the device
-    assert {"batch_generator", "loss_generator", "step_module", "epoch_term_sums"} <= set(spy.live)
+    # during the fit: the training set (and its batch-order generator), the
+    # loss generator, the compiled forward and the batch's loss terms
+    assert {"training_set_", "loss_generator_", "step_modules_", "batch_terms_"} <= set(spy.live)
 
     mid_fit, found = _load(spy.blob)
     assert not found and _live_attributes(mid_fit) == []

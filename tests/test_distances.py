@@ -126,9 +126,10 @@ def test_lpips_stays_out_of_the_optimizer_and_train_mode(images, tiny):
     cim = CIMTransformer(**tiny).fit(X3, y)
     net = cim.net_
     optimised = {id(p) for group in net.optimizer_.param_groups for p in group["params"]}
-    lpips_params = {id(p) for p in net.metric.model.parameters()}
+    metric = net.get_metric()
+    lpips_params = {id(p) for p in metric.model.parameters()}
     assert optimised and not optimised & lpips_params
-    assert not net.metric.model.training
+    assert not metric.model.training
 
 
 def test_pretrained_unavailable_error_names_cache_and_fix(monkeypatch, tmp_path):

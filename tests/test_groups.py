@@ -16,13 +16,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from sklearn_cim import CIMTransformer, RemovalWarning
 from sklearn_cim._cim import AUTO_INVARIANCE_WEIGHT, AUTO_MASK_WEIGHT
-from sklearn_cim._groups import PairTable, balanced_weights, check_groups, infer_groups
+from sklearn_cim._groups import PairTable, cell_weights, check_groups, infer_groups
 from sklearn_cim._networks import HARD_MASK_CUT
-
-
-def training_rows(y, groups):
-    """The (class, group, row index) rows the group-aware objective trains on."""
-    return np.stack([y, groups, np.arange(len(y))], axis=1)
 
 
 @pytest.fixture
@@ -54,26 +49,35 @@ def test_groups_change_the_training_and_none_trains_the_paper_objective(nuisance
     assert {"train_mask", "train_invariance"} <= set(aware.history_[-1])
 
 
-def test_balanced_weights_give_every_cell_the_same_total():
-    cells = torch.tensor([0, 0, 0, 0, 1, 2, 2, 0])
-    w = balanced_weights(cells)
-    totals = torch.zeros(3).index_add_(0, cells, w)
-    torch.testing.assert_close(totals, torch.full((3,), 8 / 3))
+def test_cell_weights_give_every_cell_the_same_total():
+    # classes and groups of 8 samples, 2 groups: cells (class * 2 + group)
+    classes = torch.tensor([0, 0, 0, 0, 0, 1, 1, 0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 0, 0, 0])
+    table = cell_weights(classes, groups, 2)
+    # by hand: cell counts 5, 1, 2 (cell 3 absent); 3 cells present; weight
+    # n / (present * count) = 8/15, 8/3, 4/3
+    torch.testing.assert_close(table[:3], torch.tensor([8 / 15, 8 / 3, 4 / 3]))
+    w = table[classes * 2 + groups]
+    totals = torch.zeros(4).index_add_(0, classes * 2 + groups, w)
+    torch.testing.assert_close(totals[:3], torch.full((3,), 8 / 3))
     assert torch.isclose(w.mean(), torch.tensor(1.0))
 
 
-def test_balanced_cross_entropy_uses_the_weights(nuisance_images, tiny):
+def test_balanced_cross_entropy_uses_the_cell_weights(nuisance_images, tiny):
     X, y, groups = nuisance_images
     cim = CIMTransformer(**tiny, triplet_weight=0.0).fit(X, y, groups=groups)
     net = cim.net_
-    net.set_training_data(torch.as_tensor(X), torch.as_tensor(training_rows(y, groups)))
+    y_t, g_t = torch.as_tensor(y), torch.as_tensor(groups)
+    net.cell_weights_, net.n_cell_groups_ = cell_weights(y_t, g_t, 2), 2
     logits = torch.randn(6, 2)
     labels = torch.tensor([0, 1, 0, 1, 0, 1])
-    rows = torch.tensor([0, 6, 1, 2, 3, 4])  # row 0 and 6: disagreeing (upweighted)
+    batch_groups = torch.tensor([1, 1, 0, 0, 0, 0])
     per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    expected = (per * net.sample_weights[rows]).mean()
-    torch.testing.assert_close(net.cross_entropy(logits, labels, rows), expected)
-    assert net.sample_weights[0] > 2 * net.sample_weights[1]
+    weights = net.cell_weights_[labels * 2 + batch_groups]
+    torch.testing.assert_close(net.cross_entropy(logits, labels, batch_groups),
+                               (per * weights).mean())
+    assert not torch.allclose(net.cross_entropy(logits, labels, batch_groups),
+                              net.cross_entropy(logits, labels))
 
 
 def test_pair_table_draws_bias_contrastive_pairs():
@@ -316,37 +320,21 @@ def test_bad_group_parameters(nuisance_images, tiny, params, error):
         CIMTransformer(**tiny, **params).fit(X, y, groups=groups)
 
 
-def test_adversary_is_trained_against_by_the_mask(nuisance_images, tiny):
-    X, y, groups = nuisance_images
-    cim = CIMTransformer(**{**tiny, "max_epochs": 3}, adversary_weight=1.0).fit(X, y, groups=groups)
-    adversary = cim.net_.module_.adversary
-    assert adversary is not None and adversary.linear.out_features == 2
-    assert "train_adversary" in cim.history_[-1]
-    # the reversed gradient: the mask net ascends what the adversary descends
-    net = cim.net_
-    net.set_training_data(torch.as_tensor(X), torch.as_tensor(training_rows(y, groups)))
-    psi = torch.as_tensor(X[:8]).requires_grad_(True)
-    rows = torch.arange(8)
-    loss = net.adversary_term(psi, torch.as_tensor(groups[:8]), rows)
-    grad_psi, grad_w = torch.autograd.grad(loss, [psi, adversary.linear.weight])
-    plain = torch.nn.functional.cross_entropy(
-        adversary.linear(psi.flatten(1)), torch.as_tensor(groups[:8]), reduction="none")
-    expected_psi, expected_w = torch.autograd.grad(
-        (plain * net.sample_weights[rows]).mean(), [psi, adversary.linear.weight])
-    torch.testing.assert_close(grad_w, expected_w)
-    torch.testing.assert_close(grad_psi, -expected_psi)
-    # without it, no adversary is built
-    assert CIMTransformer(**tiny).fit(X, y, groups=groups).net_.module_.adversary is None
+def test_removed_adversary_weight_is_refused_and_old_objectives_load():
+    with pytest.raises(TypeError, match="adversary_weight"):
+        CIMTransformer(adversary_weight=1.0)
+    import pickle
 
-
-def test_adversary_survives_save_and_load(nuisance_images, tiny, tmp_path):
-    X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny, adversary_weight=1.0).fit(X, y, groups=groups)
-    path = tmp_path / "cim.pt"
-    cim.save_params(path)
-    loaded = CIMTransformer(**tiny, adversary_weight=1.0).load_params(path)
-    np.testing.assert_array_equal(loaded.transform(X), cim.transform(X))
-    assert loaded.n_groups_ == 2
+    from sklearn_cim._objective import CIMObjective
+    old = CIMObjective.__new__(CIMObjective)
+    state = dict(classifier_weight=1.0, triplet_weight=1.0, margin=0.1, mining="random",
+                 pair_transform=False, mask_weight=0.0, distance="l2", pretrained=True,
+                 head="cnn", head_beta=1e-3, group_weighting="balanced", group_triplets=True,
+                 adversary_weight=1.0)  # written before invariance and hard masks, with one
+    old.__setstate__(state)
+    assert old.invariance_weight == 0.0 and old.hard_mask is False
+    assert not hasattr(old, "adversary_weight")
+    assert pickle.loads(pickle.dumps(old)) == old
 
 
 def test_without_routing_groups_reach_the_cim_as_a_step_parameter(nuisance_images, tiny):
@@ -378,15 +366,15 @@ def test_training_set_is_not_kept_after_fit(nuisance_images, tiny):
     X, y, groups = nuisance_images
     cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
     net = cim.net_
-    assert getattr(net, "train_X", None) is None
-    assert getattr(net, "pair_table", None) is None
-    assert getattr(net, "sample_weights", None) is None
+    for name in ("training_set_", "pair_table_", "cell_weights_", "loss_generator_",
+                 "step_modules_"):
+        assert not hasattr(net, name), name
 
 
 def test_warm_calls_encode_groups_as_the_first_fit(nuisance_images, tiny):
     X, y, groups = nuisance_images
     names = np.where(groups == groups.max(), "red", "blue")
-    cim = CIMTransformer(**tiny, adversary_weight=1.0)
+    cim = CIMTransformer(**tiny)
     cim.partial_fit(X, y, groups=names)
     assert cim.group_labels_.tolist() == ["blue", "red"]
     # a later batch may hold one group; it keeps its first code
@@ -395,8 +383,9 @@ def test_warm_calls_encode_groups_as_the_first_fit(nuisance_images, tiny):
     assert cim.group_labels_.tolist() == ["blue", "red"] and len(cim.history_) == 2
     labels, codes = check_groups(["red", "red"], 2, labels=["blue", "red"], allow_single=True)
     assert codes.tolist() == [1, 1] and labels == ["blue", "red"]
-    with pytest.raises(ValueError, match="adversary was built for 2"):
-        cim.partial_fit(X[:4], y[:4], groups=["green", "blue", "green", "blue"])
+    # a new label gets the next code
+    cim.partial_fit(X[:4], y[:4], groups=["green", "blue", "green", "blue"])
+    assert cim.group_labels_.tolist() == ["blue", "red", "green"]
 
 
 def test_a_mask_that_cuts_every_pixel_warns(nuisance_images, tiny):

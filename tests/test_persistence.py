@@ -115,8 +115,7 @@ def test_warm_start_after_unpickling_continues_exactly_with_a_random_lpips_trunk
     # the random trunk (pretrained=False) is not pickled: it must be rebuilt as it was
     _, y = images
     X3 = np.random.RandomState(0).rand(40, 3, 8, 8).astype(np.float32)
-    params = {**tiny, "distance": "lpips-alex", "pretrained": False,
-              "keep_optimizer_state": True}
+    params = {**tiny, "distance": "lpips-alex", "pretrained": False}
     cim = CIMTransformer(**params).fit(X3, y)
     back = pickle.loads(pickle.dumps(cim))
     assert getattr(back.net_, "metric", None) is None

@@ -38,7 +38,6 @@ PROMISES = {
         "group_weighting": "test_promises::test_group_weighting_none_is_the_unweighted_head",
         "group_triplets": "test_groups::test_group_triplets_contrast_across_groups",
         "invariance_weight": "test_groups::test_invariance_weight_enters_the_loss",
-        "adversary_weight": "test_groups::test_adversary_is_trained_against_by_the_mask",
         "infer_groups": "test_groups::test_inferred_groups_are_kept_and_follow_the_simple_feature",
         "per_channel_mask": "test_cim::test_rgb_rows_and_per_channel_masks",
         "tn_width": "test_promises::test_network_sizes_follow_their_parameters",
@@ -53,13 +52,13 @@ PROMISES = {
         "device": "test_faults::test_continuing_moves_the_model_to_the_current_device",
         "precision": "test_fast_path::test_bf16_transform_is_close_to_float32",
         "compile": "test_fast_path::test_compiled_forward_gives_the_same_model_and_pickles",
-        "keep_optimizer_state": (
-            "test_fast_path::test_pickles_leave_the_optimizer_state_out_unless_asked"),
         "distributed": "test_distributed::test_ddp_path_with_one_process_equals_plain_training",
         "random_state": "test_cim::test_random_state_gives_bitwise_equal_transforms",
         "verbose": "test_cim::test_verbose_levels",
         "callbacks": "test_cim::test_user_callbacks_are_called",
         "warm_start": "test_promises::test_a_warm_fit_continues_the_fit_before",
+        "checkpoint": (
+            "test_checkpoint::test_a_fit_killed_at_a_random_step_resumes_to_the_uninterrupted_model"),
     },
     "VIBClassifier": {
         "beta": "test_vib::test_kl_shrinks_as_beta_grows",
@@ -73,13 +72,13 @@ PROMISES = {
         "batch_size": "test_promises::test_batches_and_epochs_follow_their_parameters",
         "lr": "test_promises::test_lr_scales_the_first_step",
         "device": "test_faults::test_continuing_moves_the_model_to_the_current_device",
-        "keep_optimizer_state": (
-            "test_fast_path::test_pickles_leave_the_optimizer_state_out_unless_asked"),
         "distributed": "test_distributed::test_two_launched_processes_train_one_model",
         "random_state": "test_vib::test_predict_proba_reproducible",
         "verbose": "test_faults::test_continuing_follows_callbacks_and_verbose",
         "callbacks": "test_faults::test_continuing_follows_callbacks_and_verbose",
         "warm_start": "test_promises::test_a_warm_fit_continues_the_fit_before",
+        "checkpoint": (
+            "test_checkpoint::test_a_finished_checkpoint_returns_the_fit_without_training"),
     },
 }
 

@@ -179,6 +179,31 @@ def test_offline_snippet_builds_what_it_says():
     assert all(isinstance(c, CIMTransformer) for c in built)
 
 
+def test_resume_snippet_resumes(tmp_path, monkeypatch):
+    """The persistence page's checkpoint block, run twice: the second run finds
+    the first's last checkpoint and returns its model without training."""
+    from sklearn_cim.datasets import make_colored_digits
+
+    d = make_colored_digits(random_state=0)
+    monkeypatch.chdir(tmp_path)
+    block = _docs_snippet("docs/user_guide/persistence.rst", 'checkpoint="cim-checkpoints"')
+    page_cim = ('CIMTransformer(image_shape=(3, 32, 32), max_epochs=30, random_state=0,\n'
+                '                     checkpoint="cim-checkpoints")')
+    assert block.count(page_cim) == 1
+    tiny = TINY_CIM[:-1] + ', max_epochs=2, checkpoint="cim-checkpoints")'
+    tiny = tiny.replace("max_epochs=1, ", "")
+    runs = []
+    for _ in range(2):
+        scope = dict(X_train=d.X_train, y_train=d.y_train, nuisance=d.nuisance_train)
+        exec(block.replace(page_cim, tiny), scope)
+        runs.append(scope["cim"])
+    (slot,) = (tmp_path / "cim-checkpoints").iterdir()
+    assert [p.name for p in slot.iterdir()] == ["epoch-000002"]
+    assert runs[1].history_[:, "dur"] == runs[0].history_[:, "dur"]  # loaded, not retrained
+    np.testing.assert_array_equal(runs[1].transform(d.X_train[:8]),
+                                  runs[0].transform(d.X_train[:8]))
+
+
 #: Every python block of the docs is run by one of the tests above, or is listed
 #: here with the reason it cannot run in CI (page, a string only it contains).
 RUN = [("docs/getting_started.rst", "pipe.score(X_test, y_test)"),
@@ -188,6 +213,7 @@ RUN = [("docs/getting_started.rst", "pipe.score(X_test, y_test)"),
        ("docs/user_guide/method.rst", "removal_score"),
        ("docs/user_guide/offline.rst", "distance=\"ssim\""),
        ("docs/user_guide/own_images.rst", "joblib.dump"),
+       ("docs/user_guide/persistence.rst", "checkpoint="),
        ("docs/user_guide/vib.rst", "VIBClassifier")]
 NOT_RUN = {("docs/user_guide/scaling.rst", "LocalCUDACluster"): "dask_cuda and GPUs",
            ("docs/user_guide/scaling.rst", "nprocs=4"): "4 GPUs (fit_distributed itself: "
