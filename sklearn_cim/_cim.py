@@ -1,7 +1,6 @@
 """CIMTransformer: Contrastive Input Morphing as a scikit-learn transformer."""
 
 import json
-import warnings
 from dataclasses import fields
 from numbers import Real
 
@@ -48,6 +47,7 @@ from ._validation import (
     require_y,
     validate_images,
 )
+from ._warn import warn
 
 # CIMModule, CIMNet and CIMObjective were defined in this module until the
 # split by concept; pickles written then name them ``sklearn_cim._cim.<name>``,
@@ -615,12 +615,12 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         # undo a finished fit
         self._warn_if_not_removed(kept)
         if kept is not None and kept < _COLLAPSE_KEPT:
-            warnings.warn(
+            warn(
                 f"The mask keeps {kept:.1%} of the pixels of the training images "
                 f"({self._mask_description()}): psi(x) is (nearly) all zero and a "
                 "downstream model will predict one class. The mask penalty won before the "
                 "classifier head learned the classes; try a lower mask_weight or lr, or a "
-                "larger batch_size.", ConvergenceWarning, stacklevel=3)
+                "larger batch_size.", ConvergenceWarning)
         return self
 
     def _check_param_combinations(self):
@@ -683,46 +683,46 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         if check is None:
             return
         if self.fallback_:
-            warnings.warn(
+            warn(
                 f"The mask trained on inferred groups (groups_) is estimated to make a linear "
                 f"model less accurate than on x once the nuisance no longer agrees with the "
                 f"label ({check.balanced_accuracy:.3f} vs {check.balanced_accuracy_x:.3f}: "
                 "removal_check_.balanced_accuracy against the inferred groups), so the bias "
                 "proxy cannot be trusted here. Falling back: transform returns X unchanged "
                 "(fallback_=True). Pass the true groups to fit if you know them.",
-                RemovalWarning, stacklevel=4)
+                RemovalWarning)
             return
         source = "inferred groups (groups_)" if self.groups_ is not None else "the groups given"
         if self._hard_mask() and kept is not None and kept >= 1.0:
-            warnings.warn(
+            warn(
                 "The mask keeps every pixel of the training images it was checked on: psi(x) "
                 "is x, and nothing was removed (no mask value fell below the cut). Train longer "
                 "(max_epochs), raise mask_weight, or check that groups name the nuisance.",
-                RemovalWarning, stacklevel=4)
+                RemovalWarning)
             return
         if not np.isfinite(check.retained):
-            warnings.warn(
+            warn(
                 f"The removal check cannot tell whether the nuisance was removed: a linear "
                 f"model does not read it in x either (removal_check_.nuisance_x "
                 f"{check.nuisance_x:.3f}, chance {check.chance:.3f}, against {source}), as "
                 "with a small mark at a random position. Measure the downstream model on "
                 "held-out images whose nuisance disagrees with the label before relying on "
-                "this transform.", RemovalWarning, stacklevel=4)
+                "this transform.", RemovalWarning)
         if check.retained > WARN_RETAINED:
-            warnings.warn(
+            warn(
                 f"psi(x) still carries {check.retained:.0%} of the nuisance that a linear model "
                 f"reads in x (removal_check_.retained, measured out of fold on the training "
                 f"images against {source}): a downstream model can still rely on it. Train "
                 "longer (max_epochs), raise mask_weight, or check that groups name the "
-                "nuisance.", RemovalWarning, stacklevel=4)
+                "nuisance.", RemovalWarning)
         if _worse_than_x(check):
-            warnings.warn(
+            warn(
                 f"A linear model on psi(x) is estimated to be less accurate than one on x once "
                 f"the nuisance no longer agrees with the label ({check.balanced_accuracy:.3f} "
                 f"vs {check.balanced_accuracy_x:.3f}: removal_check_.balanced_accuracy, every "
                 f"(class, group) cell of the training images weighing the same, against "
                 f"{source}). The mask removed more of the object than of the nuisance; do not "
-                "use this transform as is.", RemovalWarning, stacklevel=4)
+                "use this transform as is.", RemovalWarning)
 
     def _share_kept(self, X, shape, input_range):
         """Share of the mask values that are kept (> 0: a hard mask's ones, or a
@@ -755,13 +755,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             self.group_labels_ = None
         if not self.infer_groups:
             if not warm:
-                warnings.warn(
+                warn(
                     "fit got no groups, so it trains the paper's objective, which did not "
                     "remove a nuisance in our measurements (see the docs' Results). To remove "
                     "one, pass each training image's nuisance attribute as groups (a "
                     "background, site or scanner; in a Pipeline cim__groups=g, or groups=g "
                     "under metadata routing), or set infer_groups=True to infer it.",
-                    PaperObjectiveWarning, stacklevel=5)
+                    PaperObjectiveWarning)
             return None
         strategy = "local" if self.infer_groups is True else self.infer_groups
         low, high = input_range
@@ -770,11 +770,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.groups_ = infer_groups(unit.reshape((-1,) + tuple(self.image_shape_)), y_enc,
                                     strategy, seed, device=resolve_device(self.device))
         if np.unique(self.groups_).size < 2:
-            warnings.warn(
+            warn(
                 "infer_groups found a single group (the bias proxy is right on every "
                 "training image), so the group-aware objective has nothing to balance. "
-                "Pass the true groups to fit if you know them.", RuntimeWarning,
-                stacklevel=5)
+                "Pass the true groups to fit if you know them.", RuntimeWarning)
         return self.groups_
 
     def _resolved(self):

@@ -24,7 +24,6 @@ goes through skorch's own hooks:
 
 import copy
 import math
-import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -39,6 +38,7 @@ from ._checkpoint import restore
 from ._collectives import all_reduce_sum
 from ._devices import autocast, move_net
 from ._seeding import seeded_global_rng
+from ._warn import warn
 
 
 class TorchNet(NeuralNet):
@@ -324,18 +324,18 @@ def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None):
                     "images or networks (tn_width, tn_depth, head_width, hidden sizes), "
                     "free the GPU, or fit on CPU with device='cpu'."
                 ) from exc
-            warnings.warn(
+            warn(
                 f"Out of memory with batch_size={net.batch_size}; retrying with "
-                f"batch_size={smaller}.", RuntimeWarning, stacklevel=5)
+                f"batch_size={smaller}.", RuntimeWarning)
             net.batch_size = smaller
         finally:
             net.end_training()  # also when training raised
     done = len(net.history) - start
     if done < epochs:
-        warnings.warn(
+        warn(
             f"Training was interrupted after {done} of {epochs} epochs; the estimator "
             "keeps the weights reached and is usable (fit again, or use warm_start=True "
-            "to continue).", RuntimeWarning, stacklevel=5)
+            "to continue).", RuntimeWarning)
     return net
 
 

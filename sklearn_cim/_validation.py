@@ -5,12 +5,13 @@ what to change; nothing is silently converted or clipped.
 """
 
 import re
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
+
+from ._warn import warn
 
 _UINT8_MAX = 255.0
 
@@ -216,13 +217,12 @@ def _warn_inferred_rgb(shape):
     _, h, _ = shape
     n = 3 * h * h
     other = f"(1, {h}, {3 * h})" + (f" or (1, {3 * h // 2}, {2 * h})" if h % 2 == 0 else "")
-    warnings.warn(
+    warn(
         f"image_shape=None: rows of {n} features are read as square RGB images "
         f"{shape}, but {n} values could also be grayscale images, e.g. {other}. "
         f"Pass image_shape={shape} to confirm (and silence this warning), or the "
         "shape your rows hold, or give X as a 4-D array (n_samples, C, H, W).",
-        UserWarning, stacklevel=6,  # the caller of fit or partial_fit
-    )
+        UserWarning)
 
 
 #: Channel counts that mark an axis of 4-D X as the channel axis.
