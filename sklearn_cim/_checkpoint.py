@@ -100,6 +100,8 @@ class EpochCheckpoint(Callback):
         net.save_params(**{k: os.path.join(partial, v) for k, v in _FILES.items()})
         with open(os.path.join(partial, "seed.json"), "w") as f:
             json.dump({"seed": int(net.seed)}, f)
+        if os.path.exists(final):  # written by an attempt this one replaces (an OOM retry)
+            shutil.rmtree(final)
         os.replace(partial, final)  # atomic: a checkpoint is whole or absent
         for name in os.listdir(self.slot):
             path = os.path.join(self.slot, name)

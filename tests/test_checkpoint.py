@@ -190,3 +190,17 @@ def test_every_epoch_draws_its_own_batch_order():
     VIBClassifier(hidden_layer_sizes=(8,), latent_dim=2, max_epochs=3, batch_size=16,
                   device="cpu", random_state=0, callbacks=[spy]).fit(X, y)
     assert len(spy.seen) == 3 and len({tuple(s) for s in spy.seen}) == 3
+
+
+def test_an_epoch_written_again_replaces_its_checkpoint(tmp_path):
+    """A fit that starts over (an out-of-memory retry halves the batch and trains
+    from epoch 1 again) writes over the checkpoints of the attempt it replaces."""
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(60, 5), np.repeat([0, 1, 2], 20)
+    clf = VIBClassifier(hidden_layer_sizes=(8,), latent_dim=2, max_epochs=1, batch_size=16,
+                        device="cpu", random_state=0, checkpoint=tmp_path).fit(X, y)
+    (slot,) = tmp_path.iterdir()
+    net = clf.net_
+    (checkpoint,) = [cb for _, cb in net.callbacks_ if hasattr(cb, "slot")]
+    checkpoint.on_epoch_end(net)  # epoch 1 again, over the existing epoch-000001
+    assert sorted(p.name for p in slot.iterdir()) == ["epoch-000001"]
