@@ -79,14 +79,15 @@ class TrainingSet(torch.utils.data.Dataset):
     def __getitem__(self, i):
         raise TypeError("TrainingSet is read in batches (IndexBatches), not by item.")
 
-    def gather(self, rows):
-        """Raw rows of X as a tensor (host rows pinned when they go to CUDA)."""
+    def gather(self, rows, *, pin=False):
+        """Raw rows of X as a tensor; with ``pin``, host rows bound for CUDA are
+        pinned (for a non-blocking copy, worth it only off the training thread)."""
         if not self.host:
             return self.X[rows.to(self.X.device) if torch.is_tensor(rows) else rows]
         if torch.is_tensor(rows):
             rows = rows.cpu().numpy()
         out = torch.from_numpy(native_rows(np.asarray(self.X[rows])))
-        return out.pin_memory() if self.device.type == "cuda" else out
+        return out.pin_memory() if pin and self.device.type == "cuda" else out
 
     def as_images(self, raw):
         """Raw rows on the device as unit-range ``(B, C, H, W)`` float images."""
@@ -150,7 +151,7 @@ class IndexBatches:
         host_order = order.cpu().numpy()
 
         def rows_of(start):
-            return data.gather(host_order[start:start + self.batch_size])
+            return data.gather(host_order[start:start + self.batch_size], pin=True)
 
         pool = ThreadPoolExecutor(max_workers=1) if self.prefetch else None
         try:
