@@ -443,26 +443,6 @@ def encode_labels(y, *, min_per_class=1, classes=None):
         )
     return classes, y_enc.astype(np.int64)
 
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {choices}.")
-
-
-def check_number(name, value, *, low=None, high=None, integer=False, low_open=False):
-    """Check a numeric hyper-parameter; the message names the allowed range."""
-    kind = Integral if integer else Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(
-            f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}."
-        )
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    if low is not None and (value <= low if low_open else value < low):
-        op = ">" if low_open else ">="
-        raise ValueError(f"{name} must be {op} {low}, got {value!r}.")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value!r}.")
-
 
 def unique_classes(classes):
     """Sorted unique ``classes`` for a first ``partial_fit``; at least 2."""
