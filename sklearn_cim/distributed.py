@@ -103,6 +103,9 @@ def _run_rank(rank, estimator, X, y, nprocs, backend, out_dir, timeout):
         if rank == 0:  # the weights are equal everywhere; with Adam's state, to continue
             with open(os.path.join(out_dir, "estimator.pkl"), "wb") as f:
                 pickle.dump(estimator, f)
+        # leave the group together: no process tears down its connections while
+        # another still holds its own (a rank that failed is killed by the spawner)
+        dist.barrier()
     except BaseException as exc:
         try:  # before leaving the group, which may wait for the others
             with open(os.path.join(out_dir, f"error-{rank}.pkl"), "wb") as f:
