@@ -77,6 +77,13 @@ def broadcast_int(value, device):
     return int(t.item())
 
 
+def broadcast_object(obj, device):
+    """Rank 0's picklable ``obj`` on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=torch.device(_collective_device(device)))
+    return box[0]
+
+
 def all_reduce_sum(tensor, device):
     """Sum of ``tensor`` over the ranks (float64 on the way, float32 back)."""
     t = tensor.detach().to(_collective_device(device), torch.float64)

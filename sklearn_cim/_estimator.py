@@ -17,7 +17,14 @@ from skorch.callbacks import ProgressBar
 from torch import nn
 
 from ._batching import TrainingSet
-from ._checkpoint import EpochCheckpoint, fingerprint, latest, saved_seed
+from ._checkpoint import (
+    EpochCheckpoint,
+    Resume,
+    checkpoint_key,
+    fingerprint,
+    latest,
+    saved_seed,
+)
 from ._collectives import broadcast_int, check_agreement, check_distributed, local_device, world
 from ._devices import move_net, place_training_data, resolve_device
 from ._net import FitProgress, default_callbacks, fit_net, net_verbosity, restored_on_error
@@ -108,8 +115,8 @@ class TorchEstimatorMixin:
         net_class, params = self._net_spec()
         verbose = self.verbose if world is None or world[0] == 0 else 0  # rank 0 prints
         callbacks = default_callbacks(verbose, self.callbacks)
-        if checkpoint_slot is not None:  # rank 0 writes: every process holds the same model
-            callbacks.append(EpochCheckpoint(checkpoint_slot, write=world is None or world[0] == 0))
+        if checkpoint_slot is not None:  # rank 0 alone has a slot: it writes for all
+            callbacks.append(EpochCheckpoint(checkpoint_slot))
         return net_class(
             criterion=nn.CrossEntropyLoss,
             optimizer=torch.optim.Adam,
@@ -171,6 +178,31 @@ class TorchEstimatorMixin:
             seed = broadcast_int(seed, resolve_device(local_device(self.device)))
         return seed
 
+    def _start(self, X, y, groups, device, group):
+        """The seed of a new fit and the checkpoint to resume it from
+        (:class:`~sklearn_cim._checkpoint.Resume`, or None to train from scratch),
+        with the slot its checkpoints go to (None without ``checkpoint``, and on
+        data-parallel ranks other than 0). In a data-parallel fit rank 0 decides
+        and every process follows: one seed, one decision to resume."""
+        rank, size = group or (0, 1)
+        slot = path = None
+        if self.checkpoint is not None:
+            # refused alike on every rank (no data read): nothing waits for a rank that raised
+            checkpoint_key(self, self._fast_path(device), size)
+            if rank == 0:
+                slot = os.path.join(os.fspath(self.checkpoint),
+                                    fingerprint(self, X, y, groups, device, size))
+                path = latest(slot)
+        resumed = path is not None
+        if group is not None and self.checkpoint is not None:
+            resumed = bool(broadcast_int(int(resumed), device))
+        if not resumed:
+            return self._shared_seed(), None, slot
+        seed = saved_seed(path) if rank == 0 else 0
+        if group is not None:
+            seed = broadcast_int(seed, device)
+        return seed, Resume(path, group, device), slot
+
     def _train(self, X, y, groups=None, *, warm=False, epochs=None):
         """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
         data-parallel fit, with the other processes of the group. ``y``: class
@@ -179,18 +211,15 @@ class TorchEstimatorMixin:
         device = resolve_device(local_device(self.device) if group else self.device)
         if group is not None:  # the first collective: do all processes agree?
             check_agreement(warm, len(X), X.shape[1], device)
+        if self.checkpoint is not None and warm:
+            raise ValueError(
+                "checkpoint resumes a fit from scratch; a warm_start fit or partial_fit "
+                "continues the model in memory instead. Set checkpoint=None for it, "
+                "or warm_start=False.")
         # a warm fit that raises leaves net_ as it was (_all_or_nothing restores
         # the estimator's attributes, not the net they share)
-        resume = slot = None
-        if self.checkpoint is not None:
-            if warm:
-                raise ValueError(
-                    "checkpoint resumes a fit from scratch; a warm_start fit or partial_fit "
-                    "continues the model in memory instead. Set checkpoint=None for it, "
-                    "or warm_start=False.")
-            slot = os.path.join(os.fspath(self.checkpoint), fingerprint(self, X, y, groups))
-            resume = latest(slot)
-        with restored_on_error(self.net_) if warm else nullcontext():
+        with restored_on_error(self.net_) if warm else nullcontext() as before:
+            resume = None
             if warm:
                 net = self.net_
                 self._refresh_net(net, device, group)  # e.g. rank 0's model, unpickled in all
@@ -198,7 +227,7 @@ class TorchEstimatorMixin:
                 seed = net.seed + len(net.history)
             else:
                 # batch order, initial weights: a resumed fit keeps the seed it had
-                seed = self._shared_seed() if resume is None else saved_seed(resume)
+                seed, resume, slot = self._start(X, y, groups, device, group)
                 net = self._new_net(seed, device, group, checkpoint_slot=slot)
             image_shape, input_range = self._data_layout()
             rank, size = group or (0, 1)
@@ -210,7 +239,7 @@ class TorchEstimatorMixin:
                 channels_last=net.channels_last, device=net.device, rank=rank,
                 world_size=size)
             self.net_ = fit_net(net, data, seed, epochs=epochs, initialize=not warm,
-                                resume=resume)
+                                resume=resume, before=before)
         return self.net_
 
     # -- weights-only persistence ----------------------------------------------

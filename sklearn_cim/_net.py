@@ -34,7 +34,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ._batching import IndexBatches
-from ._checkpoint import restore
 from ._collectives import all_reduce_sum
 from ._devices import autocast, move_net
 from ._seeding import seeded_global_rng
@@ -280,22 +279,28 @@ def default_callbacks(verbose, callbacks):
 MIN_RETRY_BATCH_SIZE = 8
 
 
-def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None):
+def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None, before=None):
     """Train ``net`` on the :class:`~sklearn_cim._batching.TrainingSet` ``data``,
     initialised (and prepared) with torch's global RNG seeded by ``seed``; the
     global RNG is restored and training itself draws only from the fit's own
     generators, so fits in concurrent threads do not mix.
 
-    ``initialize=False`` continues training an initialised net; ``resume``: a
-    checkpoint (:mod:`sklearn_cim._checkpoint`) to start a new net from, for
-    the epochs it had not done. On an
-    out-of-memory error the batch size is halved (with a warning) and training
-    starts again, down to :data:`MIN_RETRY_BATCH_SIZE`; below that (and in a
+    ``initialize=False`` continues training an initialised net (``before``: its
+    :class:`NetState` taken before this call, or None to take one here);
+    ``resume``: None, or a callable that loads a checkpoint into the new net once
+    initialised (:class:`sklearn_cim._checkpoint.Resume`), for the epochs it had
+    not done. On an out-of-memory error the batch
+    size is halved (with a warning) and training starts again from where this
+    call began (a new net initialised again, a continued one put back as it was:
+    weights, optimizer state and history, so the epoch cut short is neither kept
+    nor counted), down to :data:`MIN_RETRY_BATCH_SIZE`; below that (and in a
     data-parallel fit, whose processes must agree) the error is raised with
     advice. A ``KeyboardInterrupt`` stops training early (skorch keeps the
     weights reached) with a warning; the net stays usable.
     """
     epochs = net.max_epochs if epochs is None else epochs
+    if not initialize and before is None:
+        before = NetState(net)
     start = 0 if initialize else len(net.history)
     while True:
         with seeded_global_rng(seed, net.device):
@@ -303,7 +308,7 @@ def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None):
                 net.initialize()
             net.prepare_training()
         if resume is not None:
-            restore(net, resume)
+            resume(net)
         try:
             net.epochs_this_fit_ = epochs - (len(net.history) - start)  # for FitProgress
             net.partial_fit(data, epochs=net.epochs_this_fit_)
@@ -327,6 +332,8 @@ def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None):
             warn(
                 f"Out of memory with batch_size={net.batch_size}; retrying with "
                 f"batch_size={smaller}.", RuntimeWarning)
+            if before is not None:  # the continued net as this call found it
+                before.restore(net)
             net.batch_size = smaller
         finally:
             net.end_training()  # also when training raised
@@ -339,22 +346,36 @@ def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None):
     return net
 
 
+class NetState:
+    """A fitted net's state, to put it back: weights, optimizer state, epochs
+    of history, batch size and device. Training only appends epochs to the
+    history, so it is cut back rather than copied."""
+
+    def __init__(self, net):
+        self.epochs = len(net.history_)
+        self.batch_size, self.device = net.batch_size, net.device
+        self.weights = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+        self.optimizer = copy.deepcopy(net.optimizer_.state_dict())
+
+    def restore(self, net):
+        del net.history_[self.epochs:]
+        net.batch_size = self.batch_size
+        if torch.device(net.device) != torch.device(self.device):
+            move_net(net, self.device)
+        net.module_.load_state_dict(self.weights)
+        # a copy: the optimizer takes tensors of the same device as they are, and
+        # would update the kept state in place
+        net.optimizer_.load_state_dict(copy.deepcopy(self.optimizer))
+
+
 @contextmanager
 def restored_on_error(net):
-    """Put a fitted ``net`` back as it was (weights, optimizer state, epochs of
-    history, batch size, device) if the block raises: training changes them
-    in place. Training only appends epochs to the history, so it is cut back
-    rather than copied."""
-    epochs, batch_size, device = len(net.history_), net.batch_size, net.device
-    weights = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
-    optimizer = copy.deepcopy(net.optimizer_.state_dict())
+    """Put a fitted ``net`` back as it was (:class:`NetState`) if the block
+    raises: training changes it in place. Yields the state taken, for
+    :func:`fit_net`'s out-of-memory retries."""
+    before = NetState(net)
     try:
-        yield
+        yield before
     except BaseException:
-        del net.history_[epochs:]
-        net.batch_size = batch_size
-        if torch.device(net.device) != torch.device(device):
-            move_net(net, device)
-        net.module_.load_state_dict(weights)
-        net.optimizer_.load_state_dict(optimizer)
+        before.restore(net)
         raise

@@ -32,6 +32,7 @@ on all of them. Logged epoch losses are averaged over all processes; only
 rank 0 prints (``verbose``), while callbacks run in every process.
 """
 
+import inspect
 import mmap
 import os
 import pickle
@@ -90,7 +91,7 @@ def _cpu_count():
         return os.cpu_count() or 1
 
 
-def _run_rank(rank, estimator, X, y, nprocs, backend, out_dir, timeout):
+def _run_rank(rank, estimator, X, y, groups, nprocs, backend, out_dir, timeout):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs))
     if backend == "nccl":
         torch.cuda.set_device(rank)
@@ -99,7 +100,10 @@ def _run_rank(rank, estimator, X, y, nprocs, backend, out_dir, timeout):
     dist.init_process_group(backend, init_method=f"file://{out_dir}/store", rank=rank,
                             world_size=nprocs, timeout=timedelta(seconds=timeout))
     try:
-        estimator.fit(_unshare(X), _unshare(y))
+        if groups is None:  # VIBClassifier.fit takes no groups
+            estimator.fit(_unshare(X), _unshare(y))
+        else:
+            estimator.fit(_unshare(X), _unshare(y), groups=_unshare(groups))
         if rank == 0:  # the weights are equal everywhere; with Adam's state, to continue
             with open(os.path.join(out_dir, "estimator.pkl"), "wb") as f:
                 pickle.dump(estimator, f)
@@ -117,10 +121,11 @@ def _run_rank(rank, estimator, X, y, nprocs, backend, out_dir, timeout):
         dist.destroy_process_group()
 
 
-def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
+def fit_distributed(estimator, X, y, *, groups=None, nprocs, backend="auto", timeout=1800):
     """Fit ``estimator`` data-parallel on ``nprocs`` spawned processes.
 
-    Each process runs ``estimator.fit(X, y)`` with ``distributed=True`` in a
+    Each process runs ``estimator.fit(X, y)`` (``fit(X, y, groups=groups)`` with
+    groups) with ``distributed=True`` in a
     torch.distributed process group on this machine (see the module docstring
     for how the work is split); the fitted estimator of rank 0 (the weights are
     equal on all ranks), Adam's state included, is copied into ``estimator``,
@@ -135,6 +140,10 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
         A ``np.memmap`` (or a contiguous slice of one) reaches the processes
         through its file (no copy); other numeric arrays through shared memory
         (one copy, in ``/dev/shm`` on Linux).
+    groups : array-like of shape (n_samples,) or None, default=None
+        :class:`~sklearn_cim.CIMTransformer` only: the nuisance attribute of each
+        training image, as for its ``fit``: every process trains the group-aware
+        objective on them. None: ``fit(X, y)``.
     nprocs : int
         Number of processes: one per GPU with ``backend="nccl"``.
     backend : {"auto", "nccl", "gloo"}, default="auto"
@@ -166,6 +175,10 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
         raise TypeError(
             f"fit_distributed fits sklearn_cim's estimators (CIMTransformer, "
             f"VIBClassifier), not {type(estimator).__name__}.")
+    if groups is not None and "groups" not in inspect.signature(estimator.fit).parameters:
+        raise TypeError(
+            f"{type(estimator).__name__}.fit takes no groups; pass groups= only with a "
+            "CIMTransformer.")
     if backend == "auto":
         on_cuda = torch.cuda.is_available() and estimator.device != "cpu"
         backend = "nccl" if on_cuda else "gloo"
@@ -181,8 +194,9 @@ def fit_distributed(estimator, X, y, *, nprocs, backend="auto", timeout=1800):
         # to the processes and back (pickles keep Adam's state: it continues exactly)
         estimator.set_params(distributed=True)
         try:
-            args = (estimator, _shareable(X), _shareable(y), nprocs, backend, out_dir,
-                    timeout)
+            shared_groups = None if groups is None else _shareable(np.asarray(groups))
+            args = (estimator, _shareable(X), _shareable(y), shared_groups, nprocs, backend,
+                    out_dir, timeout)
             torch.multiprocessing.start_processes(
                 _run_rank, args=args, nprocs=nprocs, join=True, start_method="spawn")
         except torch.multiprocessing.ProcessRaisedException as exc:

@@ -311,3 +311,47 @@ def test_device_copy_in_chunks_equals_the_whole_conversion(dtype):
     chunked = to_device_in_chunks(X, "cpu", whole.dtype, chunk_bytes=3 * 5 * X.itemsize)
     assert chunked.dtype == whole.dtype
     assert torch.equal(chunked, whole)
+
+
+# -- checkpoints and groups under data-parallel fits ------------------------------
+def _groups(y):
+    return (np.arange(len(y)) // 2) % 2  # two groups in each class
+
+
+def _rank_resuming(rank, port, out_dir, folders):
+    """Rank 0 sees a finished checkpoint, rank 1 an empty folder (as on a node
+    that does not share rank 0's disk): rank 0 decides for both."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2, timeout=timedelta(seconds=60))
+    try:
+        X, y = _bars()
+        cim = CIMTransformer(**dict(DDP_CIM, max_epochs=2), checkpoint=folders[rank],
+                             distributed=True).fit(X, y, groups=_groups(y))
+    finally:
+        dist.destroy_process_group()
+    state = {k: v.numpy() for k, v in cim.net_.module_.state_dict().items()}
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+        pickle.dump(dict(state=state, durations=cim.history_[:, "dur"]), f)
+
+
+def test_group_aware_data_parallel_fits_and_rank_0_decides_to_resume(tmp_path):
+    X, y = _bars()
+    shared, empty = tmp_path / "shared", tmp_path / "empty"
+    first = fit_distributed(CIMTransformer(**dict(DDP_CIM, max_epochs=2), checkpoint=shared),
+                            X, y, groups=_groups(y), nprocs=2, backend="gloo")
+    assert first.group_aware_ and first.hard_mask_ and first.removal_check_ is not None
+    assert "train_invariance" in first.history_[-1]
+    # the same fit again, rank 1 looking at a folder of its own
+    torch.multiprocessing.start_processes(
+        _rank_resuming, args=(_port(), str(tmp_path), [str(shared), str(empty)]),
+        nprocs=2, join=True, start_method="spawn")
+    ranks = [pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in (0, 1)]
+    for rank in ranks:  # both hold rank 0's finished fit, loaded, not trained again
+        assert rank["durations"] == first.history_[:, "dur"]
+        for name, value in first.net_.module_.state_dict().items():
+            np.testing.assert_array_equal(rank["state"][name], value.numpy(), err_msg=name)
+    assert not empty.exists()  # only rank 0 reads and writes checkpoints
+    with pytest.raises(TypeError, match="takes no groups"):
+        fit_distributed(VIBClassifier(max_epochs=1), X.reshape(len(X), -1), y, groups=_groups(y),
+                        nprocs=1, backend="gloo")
