@@ -72,6 +72,33 @@ AUTO_MASK_WEIGHT = 0.3
 AUTO_INVARIANCE_WEIGHT = 3.0
 
 
+#: The parameters whose "auto" a fit decides (by whether it is group-aware),
+#: kept as fitted attributes of the same name with a trailing underscore.
+AUTO_DECIDED = ("mask_weight", "invariance_weight", "hard_mask", "mask_threshold")
+#: Parameters only the group-aware objective reads, with their defaults.
+GROUP_ONLY = dict(invariance_weight="auto", group_weighting="balanced", group_triplets=True)
+
+
+def resolve_auto(params, aware):
+    """The values of :data:`AUTO_DECIDED` for a fit with (``aware``) or
+    without groups, from the parameters ``params`` ("auto" resolved): the one
+    place they are decided."""
+    def pick(name, with_groups, without_groups):
+        value = params[name]
+        if isinstance(value, str) and value == "auto":
+            return with_groups if aware else without_groups
+        return value
+
+    hard = bool(pick("hard_mask", True, False))
+    return dict(
+        mask_weight=float(pick("mask_weight", AUTO_MASK_WEIGHT, 0.0)),
+        invariance_weight=float(pick("invariance_weight", AUTO_INVARIANCE_WEIGHT, 0.0)),
+        hard_mask=hard,
+        # the transform-time cut of a soft mask (None: no cut; hard masks: None)
+        mask_threshold=None if hard else pick("mask_threshold", None, None),
+    )
+
+
 def _worse_than_x(check):
     """Whether the removal check estimates psi(x) worse than x beyond its noise."""
     return check.balanced_accuracy < check.balanced_accuracy_x - 2 * check.balanced_accuracy_se
@@ -295,7 +322,18 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         Device the model lives on (``"cpu"`` after loading a CUDA model on a
         machine without CUDA).
     group_aware_ : bool
-        Whether the last fit trained the group-aware objective.
+        Whether the fit trained the group-aware objective. A ``warm_start`` fit
+        or ``partial_fit`` continues the same objective: one without groups on
+        a group-aware model (or with groups on a model fitted without) raises a
+        ``ValueError`` naming ``groups=``.
+    mask_weight_, invariance_weight_ : float
+        The weights the last fit trained with (``"auto"`` resolved).
+    hard_mask_ : bool
+        Whether the fit trained, and ``transform`` applies, a hard mask.
+    mask_threshold_ : float or None
+        The transform-time cut of a soft mask (None: no cut).
+        These four are decided by each ``fit`` and read by ``transform``;
+        ``set_params`` after a fit changes the next fit, not ``transform``.
     groups_ : ndarray of shape (n_samples,) or None
         The inferred groups of the last fit's training images
         (``infer_groups``); None when groups were given or not used.
@@ -477,6 +515,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             or a search, route it with ``set_fit_request(groups=True)`` under
             ``sklearn.set_config(enable_metadata_routing=True)``, or pass
             ``cim__groups=`` to ``Pipeline.fit``. Not used by ``transform``.
+            A ``warm_start`` continuation takes groups if and only if the
+            fit it continues did (``group_aware_``).
 
         Returns
         -------
@@ -495,7 +535,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         groups : array-like of shape (n_samples,) or None
             As in :meth:`fit`, for this call's images. Labels keep the codes
             of the first call (``group_labels_``), so a later call may hold a
-            single group.
+            single group. Every call takes groups if the first did, and none
+            if it did not (``group_aware_``): the objective stays the one the
+            first call trained.
 
         Returns
         -------
@@ -557,6 +599,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         check = getattr(self, "removal_check_", None)
         return dict(super()._fitted_metadata(),
                     group_aware_=bool(getattr(self, "group_aware_", False)),
+                    **{name + "_": getattr(self, name + "_") for name in AUTO_DECIDED},
                     group_labels_=labels,
                     removal_check_=None if check is None else dict(check),
                     fallback_=bool(getattr(self, "fallback_", False)))
@@ -575,12 +618,22 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 state["mask_threshold"] = 0.2 if aware else None
             if state.get("mask_weight") == "auto":
                 state["mask_weight"] = 1.0 if aware else 0.0
+        if "net_" in state and "hard_mask_" not in state:
+            # fitted before the fit's decisions were kept: they were read from the
+            # parameters as pickled
+            state.setdefault("group_aware_", False)
+            params = {name: state[name] for name in AUTO_DECIDED}
+            state.update({name + "_": value for name, value
+                          in resolve_auto(params, state["group_aware_"]).items()})
         super().__setstate__(state)
 
     def _restore_metadata(self, meta):
         super()._restore_metadata(meta)
-        # group_aware_ decides the "auto" mask threshold of transform
         self.group_aware_ = bool(meta.get("group_aware_", False))
+        # saved before the fit's decisions were: from the parameters, as then
+        decided = resolve_auto(self.get_params(deep=False), self.group_aware_)
+        for name in AUTO_DECIDED:
+            setattr(self, name + "_", meta.get(name + "_", decided[name]))
         labels = meta.get("group_labels_")
         self.group_labels_ = None if labels is None else np.asarray(labels, dtype=object)
         self.groups_ = None  # the training images' inferred groups are not saved
@@ -592,7 +645,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         return not (callable(self.distance) or self.distance == "l2")
 
     def _check_image_shape_for_distance(self, shape):
-        if self.triplet_weight > 0 and self.distance in LPIPS_TRUNKS and shape[0] not in (1, 3):
+        lpips = isinstance(self.distance, str) and self.distance in LPIPS_TRUNKS
+        if self.triplet_weight > 0 and lpips and shape[0] not in (1, 3):
             c, h, w = shape
             if w in (1, 3):  # rows of channels-last images, read channels first
                 fix = (f"image_shape is channels first: for {w}-channel {c}x{h} images write "
@@ -651,7 +705,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.input_range_ = input_range
         # the one place a fit is decided group-aware: group codes, or None
         group_codes = self._training_groups(X, y_enc, groups, input_range, warm)
+        if warm and self.group_aware_ != (group_codes is not None):
+            self._refuse_objective_change()
         self.group_aware_ = group_codes is not None
+        # what "auto" means for this fit, kept: training and transform read these
+        for name, value in resolve_auto(self.get_params(deep=False),
+                                        self.group_aware_).items():
+            setattr(self, name + "_", value)
         self._train(X, y_enc, group_codes, warm=warm, epochs=epochs)
         self.removal_check_ = None
         self.fallback_ = False
@@ -693,7 +753,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 RemovalWarning)
             return
         source = "inferred groups (groups_)" if self.groups_ is not None else "the groups given"
-        if self._hard_mask() and kept is not None and kept >= 1.0:
+        if self.hard_mask_ and kept is not None and kept >= 1.0:
             warn(
                 "The mask keeps every pixel of the training images it was checked on: psi(x) "
                 "is x, and nothing was removed (no mask value fell below the cut). Train longer "
@@ -730,7 +790,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         training images spread over X, or None for a soft mask without a cut
         (it still carries the image, however dim). Near 0, psi(x) is all but
         zero: the mask penalty won before the head learned the classes."""
-        if not self._hard_mask() and self._mask_threshold() is None:
+        if not self.hard_mask_ and self.mask_threshold_ is None:
             return None
         rows = X[::max(1, len(X) // _COLLAPSE_CHECK_ROWS)][:_COLLAPSE_CHECK_ROWS]
         return float(np.mean(self._apply_validated(rows, shape, input_range, "kept")))
@@ -755,13 +815,17 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             self.group_labels_ = None
         if not self.infer_groups:
             if not warm:
+                unused = [f"{name}={getattr(self, name)!r}" for name, default
+                          in GROUP_ONLY.items() if getattr(self, name) != default]
+                unused = (f" Without groups these settings do nothing: {', '.join(unused)}."
+                          if unused else "")
                 warn(
                     "fit got no groups, so it trains the paper's objective, which did not "
                     "remove a nuisance in our measurements (see the docs' Results). To remove "
                     "one, pass each training image's nuisance attribute as groups (a "
                     "background, site or scanner; in a Pipeline cim__groups=g, or groups=g "
-                    "under metadata routing), or set infer_groups=True to infer it.",
-                    PaperObjectiveWarning)
+                    "under metadata routing), or set infer_groups=True to infer it."
+                    + unused, PaperObjectiveWarning)
             return None
         strategy = "local" if self.infer_groups is True else self.infer_groups
         low, high = input_range
@@ -776,41 +840,31 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 "Pass the true groups to fit if you know them.", RuntimeWarning)
         return self.groups_
 
-    def _resolved(self):
-        """The parameters that are "auto", resolved: the one place their values
-        are decided, by whether the fit is group-aware (``group_aware_``)."""
-        aware = getattr(self, "group_aware_", False)
-
-        def pick(name, with_groups, without_groups):
-            value = getattr(self, name)
-            if isinstance(value, str) and value == "auto":
-                return with_groups if aware else without_groups
-            return value
-
-        hard = bool(pick("hard_mask", True, False))
-        return dict(
-            mask_weight=float(pick("mask_weight", AUTO_MASK_WEIGHT, 0.0)),
-            invariance_weight=float(pick("invariance_weight", AUTO_INVARIANCE_WEIGHT, 0.0)),
-            hard_mask=hard,
-            # the transform-time cut of a soft mask (None: no cut; hard masks: None)
-            mask_threshold=None if hard else pick("mask_threshold", None, None),
-        )
+    def _refuse_objective_change(self):
+        if self.group_aware_:
+            raise ValueError(
+                "This CIMTransformer was fitted with groups (group_aware_=True); continuing "
+                "it (warm_start=True or partial_fit) without groups would train the paper's "
+                "objective on it and change its mask. Pass the images' groups again "
+                "(fit(X, y, groups=g) / partial_fit(X, y, groups=g)), or fit anew with "
+                "warm_start=False.")
+        raise ValueError(
+            "This CIMTransformer was fitted without groups (group_aware_=False: the paper's "
+            "objective); continuing it (warm_start=True or partial_fit) with groups would "
+            "change its objective and its mask. Continue without groups, or fit anew with "
+            "groups and warm_start=False.")
 
     def _objective(self):
-        """The loss's settings, from the parameters ("auto" resolved)."""
-        params = {**self.get_params(deep=False), **self._resolved()}
+        """The loss's settings: the parameters, with what the fit decided for
+        those that are "auto" (``mask_weight_``, ``hard_mask_``, ...)."""
+        params = {**self.get_params(deep=False),
+                  **{name: getattr(self, name + "_") for name in AUTO_DECIDED}}
         return CIMObjective(**{f.name: params[f.name] for f in fields(CIMObjective)})
 
-    def _hard_mask(self):
-        return self._resolved()["hard_mask"]
-
-    def _mask_threshold(self):
-        return self._resolved()["mask_threshold"]
-
     def _mask_description(self):
-        if self._hard_mask():
+        if self.hard_mask_:
             return "hard mask"
-        return f"soft mask cut at mask_threshold={self._mask_threshold()}"
+        return f"soft mask cut at mask_threshold={self.mask_threshold_}"
 
     def _net_spec(self):
         return CIMNet, dict(
@@ -860,8 +914,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         low, high = input_range
         precision = resolve_precision(self.precision, self.device_)
 
-        threshold = self._mask_threshold()
-        hard = self._hard_mask()
+        threshold = self.mask_threshold_  # as the fit decided, whatever set_params said since
+        hard = self.hard_mask_
         identity = getattr(self, "fallback_", False)
 
         def mask(u):

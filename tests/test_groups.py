@@ -32,7 +32,7 @@ def test_groups_change_the_training_and_none_trains_the_paper_objective(nuisance
     paper = CIMTransformer(**tiny).fit(X, y)
     assert not paper.group_aware_ and paper.groups_ is None
     assert paper.net_.objective.mask_weight == 0.0
-    assert paper._mask_threshold() is None
+    assert paper.mask_threshold_ is None and not paper.hard_mask_
     assert (paper.masks(X) > 0).all()  # no cut without groups
     # without groups, the group-aware parameters change nothing
     same = CIMTransformer(**tiny, group_weighting="none", group_triplets=False,
@@ -132,13 +132,19 @@ def test_group_triplets_contrast_across_groups(nuisance_images, tiny, monkeypatc
 
 def test_mask_threshold_zeroes_dimmed_pixels(nuisance_images, tiny):
     X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny, hard_mask=False, mask_threshold=None).fit(X, y, groups=groups)
+    def fit(threshold):  # the cut is transform's: training is the same for each
+        return CIMTransformer(**tiny, hard_mask=False, mask_threshold=threshold).fit(
+            X, y, groups=groups)
+
+    cim = fit(None)
     soft = cim.masks(X)
     assert 0 < soft.min() and len(np.unique(soft)) > 2
-    cim.set_params(mask_threshold="auto")  # soft masks: no cut
-    np.testing.assert_array_equal(cim.masks(X), soft)
+    np.testing.assert_array_equal(fit("auto").masks(X), soft)  # soft masks: no cut
     threshold = float(np.median(soft))
-    cim.set_params(mask_threshold=threshold)
+    cim.set_params(mask_threshold=threshold)  # after fit: the fit's decision stands
+    np.testing.assert_array_equal(cim.masks(X), soft)
+    cim = fit(threshold)
+    assert cim.mask_threshold_ == threshold
     hard = cim.masks(X)
     np.testing.assert_array_equal(hard, np.where(soft >= threshold, soft, 0))
     assert (hard == 0).mean() > 0.4
@@ -147,12 +153,15 @@ def test_mask_threshold_zeroes_dimmed_pixels(nuisance_images, tiny):
 
 def test_hard_masks_keep_or_drop_whole_pixels_in_training_and_transform(nuisance_images, tiny):
     X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny, hard_mask=False).fit(X, y, groups=groups)
-    soft = cim.masks(X)
-    cim.set_params(hard_mask=True)  # the cut of a hard mask: the net's output >= 0.5
-    hard = cim.masks(X)
+    cim = CIMTransformer(**tiny).fit(X, y, groups=groups)  # hard_mask="auto": hard
+    assert cim.hard_mask_
+    with torch.no_grad():
+        soft = cim.net_.module_.mask_net(torch.as_tensor(X)).numpy()
+    hard = cim.masks(X)  # the cut of a hard mask: the net's output >= 0.5
     np.testing.assert_array_equal(hard, (soft >= HARD_MASK_CUT).astype(np.float32))
     np.testing.assert_allclose(cim.transform(X), hard * X, atol=1e-6)
+    cim.set_params(hard_mask=False)  # after fit: the fit's decision stands
+    np.testing.assert_array_equal(cim.masks(X), hard)
     # in training the head sees the cut images, and the gradient reaches the mask net
     module = CIMTransformer(**tiny).fit(X, y, groups=groups).net_.module_
     x = torch.as_tensor(X[:4])
@@ -258,6 +267,25 @@ def test_partial_fit_takes_groups(nuisance_images, tiny):
     X, y, groups = nuisance_images
     cim = CIMTransformer(**tiny).partial_fit(X, y, groups=groups)
     assert cim.group_aware_ and len(cim.history_) == 1
+
+
+def test_partial_fit_with_groups_trains_what_fit_with_groups_trains(nuisance_images, tiny):
+    """Each partial_fit with groups is one epoch of the group-aware objective: two
+    calls give the model of a two-epoch fit with groups, bit for bit, and not the
+    paper's objective that partial_fit without groups trains."""
+    X, y, groups = nuisance_images
+    fitted = CIMTransformer(**dict(tiny, max_epochs=2)).fit(X, y, groups=groups)
+    partial = CIMTransformer(**tiny).partial_fit(X, y, groups=groups)
+    assert partial.group_aware_ and partial.hard_mask_
+    assert {"train_mask", "train_invariance"} <= set(partial.history_[-1])
+    assert partial.history_[0, "train_loss"] == fitted.history_[0, "train_loss"]
+    partial.partial_fit(X, y, groups=groups)
+    assert partial.history_[:, "train_loss"] == fitted.history_[:, "train_loss"]
+    assert partial.history_[:, "train_invariance"] == fitted.history_[:, "train_invariance"]
+    np.testing.assert_array_equal(partial.transform(X), fitted.transform(X))
+    paper = CIMTransformer(**tiny).partial_fit(X, y)
+    assert not paper.group_aware_ and "train_invariance" not in paper.history_[-1]
+    assert paper.history_[0, "train_loss"] != partial.history_[0, "train_loss"]
 
 
 def test_string_groups_and_codes():
