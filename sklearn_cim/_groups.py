@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from ._networks import LocalCueClassifier
+from ._seeding import seeded_global_rng
 
 GROUP_WEIGHTINGS = ("balanced", "none")
 INFER_GROUPS = ("local", "linear", "errors")
@@ -238,9 +239,12 @@ def _local_proxy_predictions(X, y, cv, random_state, device):
     generator = torch.Generator().manual_seed(seed)
     pred = np.empty(len(y), dtype=np.int64)
     for train, test in cv.split(np.zeros(len(y)), y):
-        with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
-            torch.manual_seed(seed)
-            net = LocalCueClassifier(images.shape[1], n_classes).to(device)
+        # initialised on the CPU from the global RNG seeded by ``seed``, under the
+        # lock that fits in other threads take for theirs; only the CPU generator
+        # is seeded and restored (no device's is touched), then moved
+        with seeded_global_rng(seed, "cpu"):
+            net = LocalCueClassifier(images.shape[1], n_classes)
+        net = net.to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=LOCAL_PROXY_LR)
         train = torch.as_tensor(train)
         for _ in range(LOCAL_PROXY_EPOCHS):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._distances import make_distance
+from ._distances import LPIPS_TRUNKS, make_distance
 from ._groups import PairTable, cell_weights
 from ._net import TorchNet
 from ._networks import gaussian_kl
@@ -25,7 +25,7 @@ from ._triplet import mine_triplets, mining_distances, triplet_loss
 @dataclass(frozen=True)
 class CIMObjective:
     """The weights and choices of the CIM loss, as :class:`CIMTransformer`'s
-    parameters give them ("auto" resolved by ``CIMTransformer._resolved``);
+    parameters give them ("auto" resolved by ``sklearn_cim._cim.resolve_auto``);
     no defaults of its own."""
 
     classifier_weight: float
@@ -68,7 +68,51 @@ def group_mean_gap(diff, groups, valid, half):
     return ((mean_first * mean_second).sum(1) * share * both).sum()
 
 
-@functools.lru_cache(maxsize=4)
+#: How many built metrics :func:`built_metric` keeps (least recently used dropped).
+METRIC_CACHE_SIZE = 4
+
+
+def _normalised_device(device):
+    """``device`` as one string per device: ``"cuda"`` names the current CUDA
+    device (``"cuda:<index>"``), ``"cpu:0"`` is ``"cpu"``."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type == "cpu":
+        device = torch.device("cpu")
+    return str(device)
+
+
+def metric_key(distance, pretrained, device, seed, channels_last):
+    """The arguments of :func:`built_metric` reduced to what the metric depends
+    on, or None for a callable distance (not cached: wrapping it costs nothing,
+    and a user's object need not be hashable).
+
+    The device is normalised (:func:`_normalised_device`); the seed counts only
+    for a random trunk (an LPIPS distance with ``pretrained=False``: the
+    ImageNet trunk, "ssim" and "l2" draw nothing), ``pretrained`` and
+    ``channels_last`` only for an LPIPS distance (the others have no weights).
+    """
+    if callable(distance):
+        return None
+    device = _normalised_device(device)
+    if distance not in LPIPS_TRUNKS:
+        return (distance, True, device, None, False)
+    pretrained = bool(pretrained)
+    return (distance, pretrained, device, None if pretrained else seed, bool(channels_last))
+
+
+def _build_metric(distance, pretrained, device, seed, channels_last):
+    with seeded_global_rng(seed, device):
+        metric = make_distance(distance, pretrained).to(device)
+    if channels_last:
+        metric.use_channels_last()
+    return metric
+
+
+_cached_metric = functools.lru_cache(maxsize=METRIC_CACHE_SIZE)(_build_metric)
+
+
 def built_metric(distance, pretrained, device, seed, channels_last):
     """The :class:`~sklearn_cim._distances.Distance` a fit measures with,
     frozen in eval mode; a random trunk (``pretrained=False``) is drawn from
@@ -76,17 +120,49 @@ def built_metric(distance, pretrained, device, seed, channels_last):
     the same in every process of a data-parallel fit and in every fit of that
     seed.
 
-    Built once for the fits that share these arguments (a search, a
-    ``partial_fit`` loop) and kept here, outside the nets: never in skorch's
-    module registry (so never optimised or switched to train mode) and never
-    pickled with a model. It is only read (forward passes), so fits in
-    concurrent threads may share it.
+    Built once for the fits that share what it depends on (:func:`metric_key`:
+    a search, a ``partial_fit`` loop, fits of any seed on a pretrained trunk)
+    and kept here, outside the nets: never in skorch's module registry (so
+    never optimised or switched to train mode) and never pickled with a model.
+    The last :data:`METRIC_CACHE_SIZE` are kept until
+    :func:`clear_metric_cache`. A metric is only read (forward passes), so fits
+    in concurrent threads may share it. A callable distance is wrapped anew on
+    every call, never cached.
     """
-    with seeded_global_rng(seed, device):
-        metric = make_distance(distance, pretrained).to(device)
-    if channels_last:
-        metric.use_channels_last()
-    return metric
+    key = metric_key(distance, pretrained, device, seed, channels_last)
+    if key is None:
+        return _build_metric(distance, pretrained, _normalised_device(device), None, False)
+    return _cached_metric(*key)
+
+
+def clear_metric_cache():
+    """Free the perceptual distances that fits keep for later fits.
+
+    A ``CIMTransformer`` fit builds the distance its triplet loss measures
+    with (for an LPIPS distance, a trunk on the fit's device: about 10 MB for
+    AlexNet, 3 MB for SqueezeNet, 59 MB for VGG-16) and keeps it, so that the
+    next fits with the same ``distance``, ``pretrained``, device,
+    ``channels_last`` and, for a random trunk (``pretrained=False``), seed
+    reuse it: a search or a loop of fits loads a trunk once. The last four are
+    kept for the life of the process, outside the fitted models (which never
+    pickle them).
+
+    Call this to free that memory, GPU memory included, once the fits are done
+    (e.g. after a search, before other work on the GPU). Fitted models are
+    unaffected (``transform`` needs no distance); a later fit, or the next step
+    of a fit in progress in another thread, builds its distance again, the
+    same weights for the same settings and seed.
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> from sklearn_cim import clear_metric_cache
+    >>> clear_metric_cache()  # after the fits, to free their LPIPS trunks
+    """
+    _cached_metric.cache_clear()
 
 
 class CIMNet(TorchNet):
