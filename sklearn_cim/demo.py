@@ -24,7 +24,9 @@ masks on 8 OOD test images (the group CIM's). The three CIMs share
 CIM rows share one fitted ``CIMTransformer`` (its fit time is counted in both
 rows). VIB: :data:`DEMO_VIB_PARAMS`. On 2 CPU cores the demo takes about seven
 minutes (443 s on 2026-12-06, another single-threaded job sharing the cores);
-``--quick`` is a seconds-long check.
+``--quick`` is a seconds-long check. Every CIM and VIB fit shows one progress
+bar (``verbose=1``, on stderr: batches done, rate, time left, the last
+epoch's loss terms) and each CIM a line with its fit time when it is done.
 """
 
 import argparse
@@ -144,7 +146,8 @@ def lpips_fallback(cim_params):
     from ._distances import LPIPS_TRUNKS, _trunk_weight_file
 
     distance = cim_params.get("distance", "lpips-alex")
-    if not cim_params.get("pretrained", True) or distance not in LPIPS_TRUNKS:
+    if (not cim_params.get("pretrained", True) or not isinstance(distance, str)
+            or distance not in LPIPS_TRUNKS):  # a callable need not be hashable
         return cim_params, None
     path = _trunk_weight_file(LPIPS_TRUNKS[distance])
     if os.path.exists(path):
@@ -257,7 +260,9 @@ def _run(args):
           f"{len(data.y_test)} test images of shape {image_shape}"
           + (" (--quick subset)" if args.quick else ""), flush=True)
 
-    common = dict(device=args.device, random_state=args.seed)
+    # verbose=1: one progress bar per fit (on stderr, with its rate and time
+    # left), so that minutes of training do not pass in silence
+    common = dict(device=args.device, random_state=args.seed, verbose=1)
     cim_params = dict(_QUICK_CIM_PARAMS if args.quick else DEMO_CIM_PARAMS, **common)
     vib_params = dict(_QUICK_VIB_PARAMS if args.quick else DEMO_VIB_PARAMS, **common)
     if args.epochs is not None:
@@ -272,26 +277,34 @@ def _run(args):
     # worst group over class x (nuisance agrees with the label or not)
     groups = agreement_groups(y_test, data.groups_test_ood)
 
-    def fit_cim(params, **fit_params):
+    def fit_cim(name, params, **fit_params):
+        print(f"{name} ...", flush=True)
         cim = CIMTransformer(image_shape=image_shape, **params)
         try:
-            return cim, _timed_fit(cim, X_train, y, **fit_params)
+            fit_s = _timed_fit(cim, X_train, y, **fit_params)
         except TrunkWeightsUnavailableError:
             # The cached file exists but could not be loaded (e.g. truncated).
             print("LPIPS: the pretrained ImageNet trunk could not be loaded; continuing "
                   "with pretrained=False (a random trunk).", flush=True)
             cim.set_params(pretrained=False)
-            return cim, _timed_fit(cim, X_train, y, **fit_params)
+            fit_s = _timed_fit(cim, X_train, y, **fit_params)
+        print(f"  fitted {name.split(' (')[0]} ({fit_s:.1f} s; "
+              f"{time.perf_counter() - start:.0f} s since the start)", flush=True)
+        return cim, fit_s
 
     # the training images' nuisance (colour index), the groups a user would know
     nuisance = data.nuisance_train
     print(f"fitting three CIMs of {cim_params['max_epochs']} epochs (true, inferred and no "
-          "groups; the longest part, minutes on a CPU) ...", flush=True)
-    group_cim, group_s = fit_cim(cim_params, groups=nuisance)
-    inferred_cim, inferred_s = fit_cim(dict(cim_params, infer_groups=True))
+          "groups; the longest part, minutes on a CPU; a progress bar each) ...", flush=True)
+    group_cim, group_s = fit_cim("group CIM (groups: the training nuisance)", cim_params,
+                                 groups=nuisance)
+    inferred_cim, inferred_s = fit_cim("inferred-group CIM (infer_groups=True: a bias "
+                                       "proxy first, then the CIM)",
+                                       dict(cim_params, infer_groups=True))
     with warnings.catch_warnings():  # the paper's objective, on purpose
         warnings.filterwarnings("ignore", category=PaperObjectiveWarning)
-        cim, cim_s = fit_cim(cim_params)
+        cim, cim_s = fit_cim("CIM (paper objective: no groups)", cim_params)
+    print("fitting the models after them, VIB and the baselines ...", flush=True)
 
     def vib():
         return VIBClassifier(image_shape=image_shape, **vib_params)

@@ -1,6 +1,7 @@
 """The ``sklearn-cim demo`` command: a tiny in-process run and the CLI's help."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,14 @@ def test_demo_quick_prints_every_model_and_saves_masks(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "masks.png"
     assert main(["demo", "--quick", "--seed", "1", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed, progress = capsys.readouterr()
+    # never silent while it fits: one bar per CIM and VIB fit (verbose=1, on stderr),
+    # a line per CIM when it is done
+    assert len(re.findall(r"CIMNet: +0%", progress)) == 3
+    assert len(re.findall(r"VIBNet: +0%", progress)) == 2
+    for name in ("group CIM", "inferred-group CIM", "CIM"):
+        assert re.search(rf"^  fitted {name} \(\d+\.\d s; \d+ s since the start\)$", printed,
+                         re.M)
     table = [line for line in printed.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| model | in-distribution acc | OOD acc | "
                                "OOD worst-group acc | fit s |")

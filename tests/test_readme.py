@@ -137,13 +137,19 @@ def test_own_images_snippet_runs(tmp_path, monkeypatch, capsys):
                 tmp_path / "photos" / label / f"{place}_{i:04d}.jpg")
     monkeypatch.chdir(tmp_path)
     block = _docs_snippet("docs/user_guide/own_images.rst", "Path(\"photos\")", "joblib.dump")
-    tiny = TINY_CIM.replace("(3, 32, 32)", "(3, 64, 64)")
-    page_cim = "CIMTransformer(image_shape=(3, 64, 64), max_epochs=15, invariance_weight=1.0)"
+    tiny = TINY_CIM.replace("(3, 32, 32)", "(3, 64, 64)")[:-1] + ", verbose=1)"
+    page_cim = ("CIMTransformer(image_shape=(3, 64, 64), max_epochs=15, invariance_weight=1.0, "
+                "verbose=1)")
     assert block.count(page_cim) == 1
     scope = {}
     exec(block.replace(page_cim, tiny), scope)
     assert scope["X"].shape == (24, 64, 64, 3) and set(scope["groups"]) == {"beach", "grass"}
-    assert "retained" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "retained" in out
+    assert "CIMNet" in err and "loss=" in err  # verbose=1: the fit's progress bar
+    # the LR after the CIM gets values in [0, 1] (psi(x) keeps X's units)
+    psi = scope["pipe"].named_steps["cim"].transform(scope["X_rows"])
+    assert psi.dtype == np.float32 and 0 <= psi.min() and psi.max() <= 1
     import joblib
     loaded = joblib.load(tmp_path / "robust.joblib")
     assert loaded.named_steps["cim"].group_aware_
