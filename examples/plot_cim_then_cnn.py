@@ -48,7 +48,8 @@ def parse_args(argv=None):
                         help="epochs of the CIM and of each CNN (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
-                        help="tiny run (16 px, a subset, one epoch, L2 distance, small nets)")
+                        help="tiny run (16 px, a subset, a one-epoch CIM with L2 distance, "
+                             "small CNNs at lr=1e-2)")
     return parser.parse_args(argv)
 
 
@@ -67,10 +68,17 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
+# ``SmallCNN`` returns logits, so the net is trained with cross-entropy on them;
+# skorch's default criterion, ``NLLLoss``, expects log-probabilities (it gave NaN
+# losses and one constant class here). With ``CrossEntropyLoss`` skorch's
+# ``predict_proba`` applies the softmax.
+# (The --quick run's tiny net takes larger steps: at lr=1e-3 it stays near chance
+# in its 60 steps.)
 def cnn(args, width):
     torch.manual_seed(args.seed)
     return NeuralNetClassifier(
-        SmallCNN, module__width=width, max_epochs=args.epochs, lr=1e-3, batch_size=128,
+        SmallCNN, module__width=width, criterion=nn.CrossEntropyLoss,
+        max_epochs=args.epochs, lr=1e-2 if args.quick else 1e-3, batch_size=128,
         optimizer=torch.optim.Adam, train_split=None, verbose=0,
         device="cuda" if torch.cuda.is_available() else "cpu")
 

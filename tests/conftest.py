@@ -1,16 +1,57 @@
+"""Settings and data makers shared by the tests.
+
+Test modules take them as fixtures (``tiny``, ``vib_tiny``, ``idx_bytes``,
+``write_idx``, the image makers below), not by importing this file.
+"""
+
+import gzip
+
 import numpy as np
 import pytest
 
-# Small, fast CPU settings shared by the tests.
+# Small, fast CPU settings shared by the tests (the ``tiny`` fixture gives a copy).
 TINY = dict(
     distance="l2", max_epochs=1, batch_size=16, tn_width=4, tn_depth=1,
     head_width=4, device="cpu", random_state=0,
 )
+# The same for VIBClassifier (the ``vib_tiny`` fixture gives a copy).
+VIB_TINY = dict(hidden_layer_sizes=(8,), latent_dim=4, max_epochs=2, batch_size=16,
+                device="cpu", random_state=0)
+
+
+def idx_bytes(array, code=0x08, dtype=">u1"):
+    """``array`` in the idx format of MNIST (type ``code``, big-endian ``dtype``)."""
+    header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    return header + np.asarray(array, dtype).tobytes()
+
+
+def write_idx(path, array, gz=False):
+    """Write ``array`` as an idx file of unsigned bytes, gzip-compressed if ``gz``."""
+    data = idx_bytes(array)
+    with open(path, "wb") as f:
+        f.write(gzip.compress(data) if gz else data)
 
 
 @pytest.fixture
 def tiny():
     return dict(TINY)
+
+
+@pytest.fixture
+def vib_tiny():
+    return dict(VIB_TINY)
+
+
+@pytest.fixture(name="idx_bytes")
+def idx_bytes_fixture():
+    """:func:`idx_bytes`, for the test modules (they take helpers as fixtures)."""
+    return idx_bytes
+
+
+@pytest.fixture(name="write_idx")
+def write_idx_fixture():
+    """:func:`write_idx`, for the test modules (they take helpers as fixtures)."""
+    return write_idx
 
 
 @pytest.fixture

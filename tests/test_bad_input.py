@@ -4,27 +4,25 @@ One table covers ``CIMTransformer`` and ``VIBClassifier``. Every row expects a
 ``ValueError``/``TypeError`` (``NotFittedError`` for unfitted use) raised before
 any training, matched on the part of the message that says what to do, and
 never coming out of torch or skorch. A second table lists inputs that look
-unusual but must work.
+unusual but must work (a read-only memmap or a DataFrame trains exactly the
+model of the same array in memory).
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 from sklearn.exceptions import NotFittedError
 
 from sklearn_cim import CIMTransformer, VIBClassifier
 
-VIB_TINY = dict(hidden_layer_sizes=(8,), latent_dim=4, max_epochs=2, batch_size=16,
-                device="cpu", random_state=0)
 LPIPS = dict(distance="lpips-alex", pretrained=False)
 IMG = dict(image_shape=(1, 8, 8))  # VIBClassifier reading rows as 8x8 images
 
 
-def make(kind, tiny, params):
+def make(kind, tiny, vib_tiny, params):
     if kind == "cim":
         return CIMTransformer(**{**tiny, **params})
-    return VIBClassifier(**{**VIB_TINY, **params})
+    return VIBClassifier(**{**vib_tiny, **params})
 
 
 def flat(X):
@@ -283,9 +281,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("kind, params, call, error, match", BAD_INPUTS)
-def test_bad_input_names_the_fix(kind, params, call, error, match, images, tiny):
+def test_bad_input_names_the_fix(kind, params, call, error, match, images, tiny, vib_tiny):
     X, y = images
-    est = make(kind, tiny, params)
+    est = make(kind, tiny, vib_tiny, params)
     with pytest.raises(error, match=match) as excinfo:
         call(est, X, y)
     # Raised by the validation layer (or scikit-learn), never out of torch/skorch.
@@ -305,8 +303,14 @@ def _memmap(X, tmp_path):
 
 
 def _frame(X, tmp_path):
+    pd = pytest.importorskip("pandas")
     X = flat(X)
     return pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
+
+
+#: Inputs holding exactly the values of ``flat(X_images)``: they must train the
+#: model the array in memory trains, bit for bit.
+SAME_VALUES = (_memmap, _frame)
 
 
 MUST_WORK = [
@@ -332,14 +336,20 @@ MUST_WORK = [
 
 
 @pytest.mark.parametrize("kind, params, make_X, make_y", MUST_WORK)
-def test_unusual_input_works(kind, params, make_X, make_y, images, tiny, tmp_path):
+def test_unusual_input_works(kind, params, make_X, make_y, images, tiny, tmp_path, vib_tiny):
     X_img, y = images
     X = flat(X_img) if make_X is None else make_X(X_img, tmp_path)
     if make_y is not None:
         y = make_y(y)
-    est = make(kind, tiny, params).fit(X, y)
+    est = make(kind, tiny, vib_tiny, params).fit(X, y)
     assert set(est.classes_) == set(y)
     out = est.transform(X)
+    if make_X in SAME_VALUES:
+        ref = make(kind, tiny, vib_tiny, params).fit(flat(X_img), y)
+        assert est.history_[:, "train_loss"] == ref.history_[:, "train_loss"]
+        np.testing.assert_array_equal(np.asarray(out), ref.transform(flat(X_img)))
+        if kind == "vib":
+            np.testing.assert_array_equal(est.predict_proba(X), ref.predict_proba(flat(X_img)))
     if kind == "cim":
         assert out.shape == np.shape(X)
         dtype = getattr(X, "dtype", None)
@@ -347,6 +357,6 @@ def test_unusual_input_works(kind, params, make_X, make_y, images, tiny, tmp_pat
             assert out.dtype == dtype
         assert np.isfinite(out).all()
     else:
-        assert out.shape == (len(y), VIB_TINY["latent_dim"])
+        assert out.shape == (len(y), vib_tiny["latent_dim"])
         pred = est.predict(X)
         assert pred.shape == (len(y),) and set(pred) <= set(y)

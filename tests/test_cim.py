@@ -5,7 +5,6 @@ import pickle
 
 import joblib
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -128,6 +127,7 @@ def test_transform_in_chunks_equals_one_pass(images, tiny, monkeypatch):
 
 
 def test_pandas_in_and_out(images, tiny):
+    pd = pytest.importorskip("pandas")
     X, y = images
     df = pd.DataFrame(X.reshape(40, -1), columns=[f"px{i}" for i in range(64)])
     cim = CIMTransformer(**tiny).set_output(transform="pandas").fit(df, y)

@@ -1,6 +1,5 @@
 """sklearn_cim.datasets: idx files, coloured digits/MNIST, Waterbirds and CelebA folders."""
 
-import gzip
 import os
 
 import numpy as np
@@ -25,31 +24,23 @@ BUNCH_KEYS = {
 REAL_MNIST = "/work/shared/data/mnist"
 
 
-def idx_bytes(array, code=0x08, dtype=">u1"):
-    header = bytes([0, 0, code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-    return header + np.asarray(array, dtype).tobytes()
-
-
-def write_idx(path, array, gz=False):
-    data = idx_bytes(array)
-    with open(path, "wb") as f:
-        f.write(gzip.compress(data) if gz else data)
-
-
-def write_mnist(root, split, n, pixel, gz=False, stems=("images", "labels")):
-    """n images (10 per class when n=100) of constant value ``pixel``."""
-    labels = np.arange(n) % 10
-    images = np.full((n, 28, 28), pixel, dtype=np.uint8)
-    ext = ".gz" if gz else ""
-    if "images" in stems:
-        write_idx(os.path.join(root, f"{split}-images-idx3-ubyte{ext}"), images, gz)
-    if "labels" in stems:
-        write_idx(os.path.join(root, f"{split}-labels-idx1-ubyte{ext}"), labels, gz)
+@pytest.fixture
+def write_mnist(write_idx):
+    def write(root, split, n, pixel, gz=False, stems=("images", "labels")):
+        """n images (10 per class when n=100) of constant value ``pixel``."""
+        labels = np.arange(n) % 10
+        images = np.full((n, 28, 28), pixel, dtype=np.uint8)
+        ext = ".gz" if gz else ""
+        if "images" in stems:
+            write_idx(os.path.join(root, f"{split}-images-idx3-ubyte{ext}"), images, gz)
+        if "labels" in stems:
+            write_idx(os.path.join(root, f"{split}-labels-idx1-ubyte{ext}"), labels, gz)
+    return write
 
 
 # -- read_idx ----------------------------------------------------------------
 @pytest.mark.parametrize("gz", [False, True])
-def test_read_idx_round_trip(tmp_path, gz):
+def test_read_idx_round_trip(tmp_path, gz, write_idx):
     images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     path = tmp_path / ("x-idx3-ubyte" + (".gz" if gz else ""))
     write_idx(path, images, gz)
@@ -59,7 +50,7 @@ def test_read_idx_round_trip(tmp_path, gz):
     out[0, 0, 0] = 99  # a writable copy, not a view of the file's bytes
 
 
-def test_read_idx_other_dtypes(tmp_path):
+def test_read_idx_other_dtypes(tmp_path, idx_bytes):
     values = np.array([[1.5, -2.0], [3.25, 0.0]])
     (tmp_path / "f").write_bytes(idx_bytes(values, code=0x0D, dtype=">f4"))
     out = read_idx(tmp_path / "f")
@@ -67,7 +58,7 @@ def test_read_idx_other_dtypes(tmp_path):
     np.testing.assert_array_equal(out, values)
 
 
-def test_read_idx_bad_magic_and_truncation(tmp_path):
+def test_read_idx_bad_magic_and_truncation(tmp_path, idx_bytes):
     (tmp_path / "png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
     with pytest.raises(ValueError, match="not an idx file"):
         read_idx(tmp_path / "png")
@@ -78,7 +69,7 @@ def test_read_idx_bad_magic_and_truncation(tmp_path):
 
 # -- load_colored_mnist -------------------------------------------------------
 @pytest.mark.parametrize("gz", [False, True])
-def test_load_colored_mnist_t10k_only_is_split(tmp_path, gz):
+def test_load_colored_mnist_t10k_only_is_split(tmp_path, gz, write_mnist):
     write_mnist(tmp_path, "t10k", 100, pixel=0, gz=gz)
     data = load_colored_mnist(tmp_path)
     assert set(data) == BUNCH_KEYS
@@ -88,7 +79,7 @@ def test_load_colored_mnist_t10k_only_is_split(tmp_path, gz):
     assert len(data.groups_test_ood) == len(data.y_test) == 20
 
 
-def test_load_colored_mnist_train_and_t10k(tmp_path):
+def test_load_colored_mnist_train_and_t10k(tmp_path, write_mnist):
     write_mnist(tmp_path, "train", 50, pixel=255, gz=True)
     write_mnist(tmp_path, "t10k", 30, pixel=0)
     data = load_colored_mnist(tmp_path)
@@ -102,7 +93,7 @@ def test_load_colored_mnist_train_and_t10k(tmp_path):
         load_colored_mnist(tmp_path, n_train=51)
 
 
-def test_load_colored_mnist_missing_files(tmp_path):
+def test_load_colored_mnist_missing_files(tmp_path, write_mnist):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_colored_mnist(tmp_path / "nowhere")
     write_mnist(tmp_path, "train", 20, pixel=0)

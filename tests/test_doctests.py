@@ -14,12 +14,16 @@ import importlib
 import inspect
 import pkgutil
 
-import matplotlib
 import pytest
 
 import sklearn_cim
 
-matplotlib.use("Agg")  # plotting examples draw without a display
+try:
+    import matplotlib
+except ImportError:  # the optional "plot" extra: only sklearn_cim.plotting's examples skip
+    matplotlib = None
+else:
+    matplotlib.use("Agg")  # plotting examples draw without a display
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 PUBLIC_MODULES = ["sklearn_cim", "sklearn_cim.datasets", "sklearn_cim.demo",
@@ -30,6 +34,8 @@ SKIPPED_EXAMPLES = {
     "sklearn_cim.datasets.load_celeba", "sklearn_cim.datasets.load_colored_mnist",
     "sklearn_cim.datasets.load_waterbirds", "sklearn_cim.demo.main", "sklearn_cim.demo.run",
 }
+# Modules whose examples draw with matplotlib.
+NEEDS_MATPLOTLIB = {"sklearn_cim.plotting"}
 
 
 def _all_modules():
@@ -51,6 +57,8 @@ def _public(module_name):
 
 @pytest.mark.parametrize("module_name", _all_modules())
 def test_examples_run(module_name):
+    if matplotlib is None and module_name in NEEDS_MATPLOTLIB:
+        pytest.skip("matplotlib is not installed (pip install \"sklearn-cim[plot]\")")
     module = importlib.import_module(module_name)
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=FLAGS)

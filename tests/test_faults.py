@@ -10,12 +10,9 @@ from sklearn_cim import CIMTransformer, VIBClassifier
 from sklearn_cim._networks import MaskNet
 from sklearn_cim._vib import VIBModule, VIBNet
 
-VIB_TINY = dict(hidden_layer_sizes=(8,), latent_dim=4, max_epochs=2, batch_size=16,
-                device="cpu", random_state=0)
 
-
-def _estimators(tiny):
-    return {"cim": CIMTransformer(**tiny), "vib": VIBClassifier(**VIB_TINY)}
+def _estimators(tiny, vib_tiny):
+    return {"cim": CIMTransformer(**tiny), "vib": VIBClassifier(**vib_tiny)}
 
 
 def _output(est, X):
@@ -32,10 +29,10 @@ class InterruptAt(Callback):
 
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_keyboard_interrupt_leaves_a_usable_estimator(images, tiny, kind):
+def test_keyboard_interrupt_leaves_a_usable_estimator(images, tiny, kind, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    est = _estimators(tiny)[kind].set_params(max_epochs=5, callbacks=[InterruptAt(2)])
+    est = _estimators(tiny, vib_tiny)[kind].set_params(max_epochs=5, callbacks=[InterruptAt(2)])
     with pytest.warns(RuntimeWarning, match="interrupted after 2 of 5 epochs"):
         est.fit(X, y)
     assert len(est.history_) == 2
@@ -54,11 +51,11 @@ def _oom_when_larger_than(limit):
 
 
 @pytest.mark.parametrize("kind, module", [("cim", MaskNet), ("vib", VIBModule)])
-def test_out_of_memory_halves_the_batch_size(images, tiny, kind, module, monkeypatch):
+def test_out_of_memory_halves_the_batch_size(images, tiny, kind, module, monkeypatch, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
     monkeypatch.setattr(module, "forward", _oom_when_larger_than(8)(module.forward))
-    est = _estimators(tiny)[kind].set_params(batch_size=32)
+    est = _estimators(tiny, vib_tiny)[kind].set_params(batch_size=32)
     with pytest.warns(RuntimeWarning, match=r"retrying with batch_size=(16|8)\.") as record:
         est.fit(X, y)
     retries = [str(w.message)[-3:-1] for w in record if w.category is RuntimeWarning]
@@ -70,16 +67,16 @@ def test_out_of_memory_halves_the_batch_size(images, tiny, kind, module, monkeyp
 
 @pytest.mark.parametrize("kind, module", [("cim", MaskNet), ("vib", VIBModule)])
 def test_out_of_memory_below_the_floor_is_a_clear_error(images, tiny, kind, module,
-                                                        monkeypatch):
+                                                        monkeypatch, vib_tiny):
     X, y = images
     monkeypatch.setattr(module, "forward", _oom_when_larger_than(0)(module.forward))
-    est = _estimators(tiny)[kind].set_params(batch_size=32)
+    est = _estimators(tiny, vib_tiny)[kind].set_params(batch_size=32)
     with pytest.warns(RuntimeWarning, match="retrying"):
         with pytest.raises(torch.OutOfMemoryError, match="even with batch_size=8.*device='cpu'"):
             est.fit(X.reshape(40, -1), y)
 
 
-def test_non_finite_loss_names_the_cause(images, tiny, monkeypatch):
+def test_non_finite_loss_names_the_cause(images, tiny, monkeypatch, vib_tiny):
     X, y = images
 
     def nan_distance(a, b):
@@ -94,14 +91,14 @@ def test_non_finite_loss_names_the_cause(images, tiny, monkeypatch):
 
     monkeypatch.setattr(VIBNet, "loss_terms", nan_terms)
     with pytest.raises(FloatingPointError, match="Lower lr"):
-        VIBClassifier(**VIB_TINY).fit(X.reshape(40, -1), y)
+        VIBClassifier(**vib_tiny).fit(X.reshape(40, -1), y)
 
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_warm_start_continues_from_the_fitted_weights(images, tiny, kind):
+def test_warm_start_continues_from_the_fitted_weights(images, tiny, kind, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    est = _estimators(tiny)[kind].set_params(max_epochs=2)
+    est = _estimators(tiny, vib_tiny)[kind].set_params(max_epochs=2)
     first = _output(est.fit(X, y), X)
     cold = _output(est.fit(X, y), X)  # warm_start=False: a fresh, identical fit
     np.testing.assert_array_equal(first, cold)
@@ -120,10 +117,10 @@ def test_warm_start_continues_from_the_fitted_weights(images, tiny, kind):
 
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_partial_fit_adds_one_epoch_per_call(images, tiny, kind):
+def test_partial_fit_adds_one_epoch_per_call(images, tiny, kind, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    est = _estimators(tiny)[kind]
+    est = _estimators(tiny, vib_tiny)[kind]
     order = np.random.RandomState(0).permutation(40)
     first, second = order[:20], order[20:]
     est.partial_fit(X[first], np.array(["a", "b"])[y[first]], classes=["a", "b"])
@@ -135,10 +132,10 @@ def test_partial_fit_adds_one_epoch_per_call(images, tiny, kind):
         est.partial_fit(X[first], np.array(["a", "c"])[y[first]])
 
 
-def test_failed_fit_keeps_the_previous_model(images, tiny):
+def test_failed_fit_keeps_the_previous_model(images, tiny, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    for est in _estimators(tiny).values():
+    for est in _estimators(tiny, vib_tiny).values():
         before = _output(est.fit(X, y), X)
         with pytest.raises(ValueError, match="1 class"):
             est.fit(X[:, :16], np.zeros(40))
@@ -165,19 +162,19 @@ def test_warm_start_follows_loss_parameters_but_not_architecture(images, tiny):
         est.fit(X, y)
 
 
-def test_partial_fit_rejects_different_classes_later(images, tiny):
+def test_partial_fit_rejects_different_classes_later(images, tiny, vib_tiny):
     X, y = images
-    est = VIBClassifier(**VIB_TINY).partial_fit(X.reshape(40, -1), y, classes=[0, 1])
+    est = VIBClassifier(**vib_tiny).partial_fit(X.reshape(40, -1), y, classes=[0, 1])
     with pytest.raises(ValueError, match="differs from the classes_"):
         est.partial_fit(X.reshape(40, -1), y, classes=[0, 1, 2])
 
 
-def test_vib_integer_images_are_values_not_wrapped_pixels(images):
+def test_vib_integer_images_are_values_not_wrapped_pixels(images, vib_tiny):
     X, _ = images
     rng = np.random.RandomState(0)
     Xi = rng.randint(0, 1000, size=(40, 16)).astype(np.int16)
     y = (Xi.sum(axis=1) > np.median(Xi.sum(axis=1))).astype(int)
-    params = dict(VIB_TINY, image_shape=(1, 4, 4), conv_width=4)
+    params = dict(vib_tiny, image_shape=(1, 4, 4), conv_width=4)
     from_ints = VIBClassifier(**params).fit(Xi, y).predict_proba(Xi)
     from_floats = VIBClassifier(**params).fit(Xi.astype(np.float32), y).predict_proba(Xi)
     np.testing.assert_allclose(from_ints, from_floats, rtol=1e-5, atol=1e-6)
@@ -193,10 +190,10 @@ class CountEpochs(Callback):
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
 @pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
-def test_continuing_follows_callbacks_and_verbose(images, tiny, kind, how, capsys):
+def test_continuing_follows_callbacks_and_verbose(images, tiny, kind, how, capsys, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    est = _estimators(tiny)[kind].set_params(max_epochs=1).fit(X, y)
+    est = _estimators(tiny, vib_tiny)[kind].set_params(max_epochs=1).fit(X, y)
     assert capsys.readouterr().out == ""
 
     def go_on():
@@ -222,7 +219,8 @@ def test_continuing_follows_callbacks_and_verbose(images, tiny, kind, how, capsy
 
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_continuing_moves_the_model_to_the_current_device(images, tiny, kind, monkeypatch):
+def test_continuing_moves_the_model_to_the_current_device(images, tiny, vib_tiny, kind,
+                                                          monkeypatch):
     # "cpu:0" is a device other than "cpu" to torch (as "cuda" is after a fit on
     # CPU): the net must be moved, and continue as it would have on "cpu"
     import sklearn_cim._estimator as estimator_module
@@ -237,7 +235,7 @@ def test_continuing_moves_the_model_to_the_current_device(images, tiny, kind, mo
     monkeypatch.setattr(estimator_module, "move_net", spy)
     X, y = images
     X = X.reshape(40, -1)
-    ests = [_estimators(tiny)[kind].fit(X, y) for _ in range(2)]
+    ests = [_estimators(tiny, vib_tiny)[kind].fit(X, y) for _ in range(2)]
     assert ests[0].device_ == "cpu"
     ests[0].set_params(warm_start=True).fit(X, y)
     assert moves == []
@@ -258,10 +256,11 @@ class RaiseAtBatch(Callback):
 
 @pytest.mark.parametrize("kind, module", [("cim", MaskNet), ("vib", VIBModule)])
 def test_failed_continuation_leaves_the_previous_model(images, tiny, kind, module,
-                                                       monkeypatch):
+                                                       monkeypatch, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    est, twin = (_estimators(tiny)[kind].set_params(max_epochs=1).fit(X, y) for _ in range(2))
+    est, twin = (_estimators(tiny, vib_tiny)[kind].set_params(max_epochs=1).fit(X, y)
+                 for _ in range(2))
     before = _output(est, X)
     # the continuation halves the batch size (out of memory), trains a whole
     # epoch (5 batches of 8) and raises in the second batch of the next one

@@ -13,22 +13,25 @@ from sklearn.pipeline import Pipeline
 
 from sklearn_cim import CIMTransformer, VIBClassifier
 
-VIB_TINY = dict(hidden_layer_sizes=(8,), latent_dim=4, max_epochs=3, batch_size=16,
-                device="cpu", random_state=0)
+
+@pytest.fixture
+def vib_tiny(vib_tiny):
+    """conftest's tiny VIB settings, with 3 epochs."""
+    return dict(vib_tiny, max_epochs=3)
 
 
-def _fitted(kind, tiny, X, y):
+def _fitted(kind, tiny, vib_tiny, X, y):
     if kind == "cim":
         return CIMTransformer(**tiny).fit(X, y), "transform"
-    return VIBClassifier(**VIB_TINY).fit(X, y), "predict_proba"
+    return VIBClassifier(**vib_tiny).fit(X, y), "predict_proba"
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_save_and_load_params(images, tiny, tmp_path, kind, suffix):
+def test_save_and_load_params(images, tiny, tmp_path, kind, suffix, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    est, method = _fitted(kind, tiny, X, np.array(["no", "yes"])[y])
+    est, method = _fitted(kind, tiny, vib_tiny, X, np.array(["no", "yes"])[y])
     path = tmp_path / f"model{suffix}"
     est.save_params(path)
     if suffix == ".pt":
@@ -42,12 +45,12 @@ def test_save_and_load_params(images, tiny, tmp_path, kind, suffix):
         assert fresh.image_shape_ == (1, 8, 8)
 
 
-def test_load_params_checks_class_and_architecture(images, tiny, tmp_path):
+def test_load_params_checks_class_and_architecture(images, tiny, tmp_path, vib_tiny):
     X, y = images
     path = tmp_path / "cim.safetensors"
     CIMTransformer(**tiny).fit(X, y).save_params(path)
     with pytest.raises(ValueError, match="load it with that class"):
-        VIBClassifier(**VIB_TINY).load_params(path)
+        VIBClassifier(**vib_tiny).load_params(path)
     with pytest.raises(ValueError, match="parameters it was saved with"):
         CIMTransformer(**{**tiny, "tn_width": 8}).load_params(path)
 
@@ -85,10 +88,10 @@ np.save(sys.argv[3], pipe.predict_proba(X))
 
 
 def test_pipeline_pickled_in_one_process_predicts_identically_in_another(images, tiny,
-                                                                          tmp_path):
+                                                                          tmp_path, vib_tiny):
     X, y = images
     X = X.reshape(40, -1)
-    for clf in (LogisticRegression(max_iter=200), VIBClassifier(**VIB_TINY)):
+    for clf in (LogisticRegression(max_iter=200), VIBClassifier(**vib_tiny)):
         pipe = Pipeline([("cim", CIMTransformer(**tiny)), ("clf", clf)]).fit(X, y)
         joblib.dump(pipe, tmp_path / "pipe.joblib")
         np.save(tmp_path / "X.npy", X)

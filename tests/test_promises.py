@@ -18,9 +18,6 @@ from skorch.callbacks import Callback
 from sklearn_cim import CIMTransformer, VIBClassifier
 from sklearn_cim._vib import VIBModule
 
-VIB_TINY = dict(hidden_layer_sizes=(8,), latent_dim=4, max_epochs=2, batch_size=16,
-                device="cpu", random_state=0)
-
 PROMISES = {
     "CIMTransformer": {
         "image_shape": "test_promises::test_image_shape_sets_the_layout_of_rows",
@@ -274,12 +271,12 @@ def test_network_sizes_follow_their_parameters(images, tiny):
     assert sizes(head_width=8)[1] > base[1] and sizes(head_width=8)[0] == base[0]
 
 
-def test_vib_sizes_follow_their_parameters(images):
+def test_vib_sizes_follow_their_parameters(images, vib_tiny):
     X, y = images
     flat = X.reshape(40, -1)
 
     def fitted(**params):
-        return VIBClassifier(**{**VIB_TINY, **params}).fit(flat, y)
+        return VIBClassifier(**{**vib_tiny, **params}).fit(flat, y)
 
     base = fitted()
     assert base.transform(flat).shape == (40, 4)
@@ -304,19 +301,19 @@ class CountBatches(Callback):
 
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_batches_and_epochs_follow_their_parameters(images, tiny, kind):
+def test_batches_and_epochs_follow_their_parameters(images, tiny, kind, vib_tiny):
     X, y = images
     counter = CountBatches()
     params = dict(max_epochs=3, batch_size=12, callbacks=[counter])
     est = (CIMTransformer(**{**tiny, **params}) if kind == "cim"
-           else VIBClassifier(**{**VIB_TINY, **params}))
+           else VIBClassifier(**{**vib_tiny, **params}))
     est.fit(X.reshape(40, -1), y)
     assert len(est.history_) == 3
     assert counter.sizes == [12, 12, 12, 4] * 3
 
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_lr_scales_the_first_step(images, tiny, kind):
+def test_lr_scales_the_first_step(images, tiny, kind, vib_tiny):
     """Adam's first step moves each weight with a gradient by lr: two fits of one
     step from the same start, with lr 1e-4 and 1e-3, differ by at most 9e-4."""
     X, y = images
@@ -324,7 +321,7 @@ def test_lr_scales_the_first_step(images, tiny, kind):
     def one_step(lr):
         params = dict(lr=lr, max_epochs=1, batch_size=40)
         est = (CIMTransformer(**{**tiny, **params}) if kind == "cim"
-               else VIBClassifier(**{**VIB_TINY, **params}))
+               else VIBClassifier(**{**vib_tiny, **params}))
         return list(est.fit(X.reshape(40, -1), y).net_.module_.parameters())
 
     small, large = one_step(1e-4), one_step(1e-3)
@@ -332,7 +329,7 @@ def test_lr_scales_the_first_step(images, tiny, kind):
     assert 8e-4 < gap < 1e-3
 
 
-def test_n_train_samples_draws_that_many_codes(images, monkeypatch):
+def test_n_train_samples_draws_that_many_codes(images, monkeypatch, vib_tiny):
     X, y = images
     seen = []
     original = VIBModule.sample_logits
@@ -344,14 +341,14 @@ def test_n_train_samples_draws_that_many_codes(images, monkeypatch):
         return out
 
     monkeypatch.setattr(VIBModule, "sample_logits", spy)
-    VIBClassifier(**{**VIB_TINY, "n_train_samples": 5}).fit(X.reshape(40, -1), y)
+    VIBClassifier(**{**vib_tiny, "n_train_samples": 5}).fit(X.reshape(40, -1), y)
     assert seen and set(seen) == {5}
 
 
 # -- warm starts ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["cim", "vib"])
-def test_a_warm_fit_continues_the_fit_before(images, tiny, kind):
+def test_a_warm_fit_continues_the_fit_before(images, tiny, kind, vib_tiny):
     """3 epochs, then 3 warm epochs, train like 6 epochs in one fit: the warm fit's
     first-epoch loss is below the last epoch of the fit it continues and close
     to epoch 4 of the single fit, far from a fresh start's first epoch.
@@ -361,7 +358,7 @@ def test_a_warm_fit_continues_the_fit_before(images, tiny, kind):
     flat = X.reshape(40, -1)
     params = dict(lr=1e-2, max_epochs=3)
     make = ((lambda **p: CIMTransformer(**{**tiny, "margin": 0.3, **params, **p}))
-            if kind == "cim" else (lambda **p: VIBClassifier(**{**VIB_TINY, **params, **p})))
+            if kind == "cim" else (lambda **p: VIBClassifier(**{**vib_tiny, **params, **p})))
     single = make(max_epochs=6).fit(flat, y).history_[:, "train_loss"]
     est = make().fit(flat, y)
     warm = est.set_params(warm_start=True).fit(flat, y).history_[:, "train_loss"]

@@ -3,6 +3,9 @@ end-to-end property of CIMTransformer over image shapes and dtypes."""
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis")  # the "test" extra; without it this file skips
+
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
