@@ -150,13 +150,23 @@ def predictions(est, cfg, X_eval):
     """The outputs that a pickle must reproduce: {what: array}."""
     if cfg["est"] == "cim":
         out = {"transform": est.transform(X_eval), "masks": est.masks(X_eval)}
-        # the mask net's raw (soft) output, uncut: far more sensitive than a 0/1 mask
-        saved = {k: est.get_params()[k] for k in ("hard_mask", "mask_threshold")}
-        est.set_params(hard_mask=False, mask_threshold=None)
+        # the mask net's raw (soft) output, uncut: far more sensitive than a 0/1 mask.
+        # Since 0.2 masks() reads the fit's decisions (hard_mask_, mask_threshold_);
+        # before, the parameters
+        names = ("hard_mask", "mask_threshold")
+        decided = hasattr(est, "hard_mask_")
+        saved = {k: getattr(est, k + "_") if decided else est.get_params()[k] for k in names}
+        if decided:
+            est.hard_mask_, est.mask_threshold_ = False, None
+        else:
+            est.set_params(hard_mask=False, mask_threshold=None)
         try:
-            out["soft_masks_via_set_params"] = est.masks(X_eval)
+            out["soft_masks"] = est.masks(X_eval)
         finally:
-            est.set_params(**saved)
+            if decided:
+                est.hard_mask_, est.mask_threshold_ = saved["hard_mask"], saved["mask_threshold"]
+            else:
+                est.set_params(**saved)
         return out
     return {"predict_proba": est.predict_proba(X_eval), "transform": est.transform(X_eval)}
 
