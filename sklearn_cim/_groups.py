@@ -14,12 +14,11 @@ import numbers
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from ._networks import LocalCueClassifier
-from ._seeding import seeded_global_rng
+from ._probes import pooled, predict_rows, seeded_net, train_probe
 
 GROUP_WEIGHTINGS = ("balanced", "none")
 INFER_GROUPS = ("local", "linear", "errors")
@@ -227,36 +226,16 @@ def infer_groups(X, y, strategy, random_state, device="cpu"):
 
 def _local_proxy_predictions(X, y, cv, random_state, device):
     """Out-of-fold predictions of a :class:`LocalCueClassifier` per fold."""
-    images = torch.as_tensor(np.ascontiguousarray(X), dtype=torch.float32)
-    side = max(images.shape[-2:])
-    if side > LOCAL_PROXY_MAX_SIDE:
-        scale = LOCAL_PROXY_MAX_SIDE / side
-        size = tuple(max(1, round(s * scale)) for s in images.shape[-2:])
-        images = F.adaptive_avg_pool2d(images, size)
+    images = pooled(X, LOCAL_PROXY_MAX_SIDE)
     labels = torch.as_tensor(y, dtype=torch.long)
     n_classes = int(labels.max()) + 1
     seed = int(np.random.RandomState(random_state).randint(2 ** 31))
     generator = torch.Generator().manual_seed(seed)
     pred = np.empty(len(y), dtype=np.int64)
     for train, test in cv.split(np.zeros(len(y)), y):
-        # initialised on the CPU from the global RNG seeded by ``seed``, under the
-        # lock that fits in other threads take for theirs; only the CPU generator
-        # is seeded and restored (no device's is touched), then moved
-        with seeded_global_rng(seed, "cpu"):
-            net = LocalCueClassifier(images.shape[1], n_classes)
-        net = net.to(device)
-        optimizer = torch.optim.Adam(net.parameters(), lr=LOCAL_PROXY_LR)
-        train = torch.as_tensor(train)
-        for _ in range(LOCAL_PROXY_EPOCHS):
-            order = train[torch.randperm(len(train), generator=generator)]
-            for start in range(0, len(order), LOCAL_PROXY_BATCH):
-                batch = order[start:start + LOCAL_PROXY_BATCH]
-                loss = F.cross_entropy(net(images[batch].to(device)), labels[batch].to(device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        with torch.no_grad():
-            for start in range(0, len(test), 1024):
-                batch = test[start:start + 1024]
-                pred[batch] = net(images[batch].to(device)).argmax(1).cpu().numpy()
+        net = seeded_net(lambda: LocalCueClassifier(images.shape[1], n_classes), seed)
+        net = train_probe(net, images, labels, train, epochs=LOCAL_PROXY_EPOCHS,
+                          batch_size=LOCAL_PROXY_BATCH, lr=LOCAL_PROXY_LR,
+                          generator=generator, device=device)
+        pred[test] = predict_rows(net, images, test, device)
     return pred
