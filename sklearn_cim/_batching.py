@@ -54,7 +54,9 @@ class TrainingSet(torch.utils.data.Dataset):
     as given), class codes ``y`` and group codes ``groups`` (or None) as
     tensors on the device, and how rows become ``(B, C, H, W)`` unit-range
     images (``image_shape``, ``input_range``, ``channels_last``); in a
-    data-parallel fit, this process's ``rank`` of ``world_size``.
+    data-parallel fit, this process's ``rank`` of ``world_size``. With ``rows``
+    (indices of X), the set is those rows of X only (``y`` and ``groups`` hold
+    theirs): the others are never read (e.g. held back for a check).
 
     It is handed to skorch as the dataset; :class:`IndexBatches` draws its
     batches in the order its ``generator`` gives (on the device; the net
@@ -62,8 +64,9 @@ class TrainingSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, X, y, groups=None, *, image_shape, input_range,
-                 channels_last=False, device=None, rank=0, world_size=1):
+                 channels_last=False, device=None, rank=0, world_size=1, rows=None):
         self.X, self.y, self.groups = X, y, groups
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.rank, self.world_size = rank, world_size
         self.image_shape = tuple(image_shape)
         self.input_range = input_range
@@ -74,7 +77,7 @@ class TrainingSet(torch.utils.data.Dataset):
         self.generator = torch.Generator(device=self.device)
 
     def __len__(self):
-        return len(self.X)
+        return len(self.X) if self.rows is None else len(self.rows)
 
     def __getitem__(self, i):
         raise TypeError("TrainingSet is read in batches (IndexBatches), not by item.")
@@ -82,6 +85,8 @@ class TrainingSet(torch.utils.data.Dataset):
     def gather(self, rows, *, pin=False):
         """Raw rows of X as a tensor; with ``pin``, host rows bound for CUDA are
         pinned (for a non-blocking copy, worth it only off the training thread)."""
+        if self.rows is not None:
+            rows = self.rows[rows.cpu().numpy() if torch.is_tensor(rows) else rows]
         if not self.host:
             return self.X[rows.to(self.X.device) if torch.is_tensor(rows) else rows]
         if torch.is_tensor(rows):
@@ -146,7 +151,7 @@ class IndexBatches:
         if not data.host:
             for start in starts:
                 idx = order[start:start + self.batch_size]
-                yield data.as_images(data.X[idx]), data.targets(idx)
+                yield data.as_images(data.gather(idx)), data.targets(idx)
             return
         host_order = order.cpu().numpy()
 

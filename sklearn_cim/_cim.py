@@ -31,13 +31,14 @@ from ._params import (
     positive_int,
     training_constraints,
 )
-from ._removal import MAX_ROWS as _REMOVAL_ROWS
+from ._removal import MAX_TRAIN_ROWS as _REMOVAL_TRAIN_ROWS
 from ._removal import (
-    WARN_RETAINED,
     PaperObjectiveWarning,
     RemovalWarning,
-    pooled_rows,
+    held_out_rows,
     removal_check,
+    removal_warnings,
+    worse_than_x,
 )
 from ._triplet import MININGS
 from ._validation import (
@@ -97,11 +98,6 @@ def resolve_auto(params, aware):
         # the transform-time cut of a soft mask (None: no cut; hard masks: None)
         mask_threshold=None if hard else pick("mask_threshold", None, None),
     )
-
-
-def _worse_than_x(check):
-    """Whether the removal check estimates psi(x) worse than x beyond its noise."""
-    return check.balanced_accuracy < check.balanced_accuracy_x - 2 * check.balanced_accuracy_se
 
 
 class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin,
@@ -343,21 +339,26 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         way (new labels are appended). None when no groups were given.
     removal_check_ : Bunch or None
         After a group-aware ``fit`` (groups given or inferred; not after
-        ``partial_fit``), how much of the nuisance psi(x) still carries,
-        measured on up to 2,048 training images by out-of-fold linear probes
-        (see :ref:`removal-check`): ``retained`` (share of what a linear
-        model reads of the group in x that it still reads in psi(x); 0 removed,
-        1 kept; NaN when the nuisance is not linearly readable in x),
-        ``balanced_accuracy`` (estimated accuracy of a linear model on psi(x)
-        when every (class, group) cell weighs the same, as once the nuisance
-        no longer agrees with the label) and ``balanced_accuracy_x`` (the same
-        on x), ``nuisance_psi``, ``nuisance_x``, ``chance``, ``n_images``.
-        ``fit`` warns (:class:`~sklearn_cim.RemovalWarning`) when ``retained``
-        is above 0.5, or ``balanced_accuracy`` is below ``balanced_accuracy_x``
-        by more than twice ``balanced_accuracy_se`` (the standard error of
-        the difference).
-        None for the paper's objective. Usable in a search through
-        :func:`sklearn_cim.metrics.removal_score`.
+        ``partial_fit``), what psi(x) still carries of the nuisance and what a
+        downstream model on it is estimated to score once the nuisance no longer
+        agrees with the label, measured on the 20% of the training images (at
+        most 1,024) that ``fit`` holds back from the mask network (see
+        :ref:`removal-check`): ``balanced_accuracy`` and
+        ``balanced_accuracy_cnn`` (estimated accuracy of a linear model and of
+        a CNN on psi(x)), ``balanced_accuracy_x`` and ``balanced_accuracy_cnn_x``
+        (the same on x), their ``_se`` (standard errors of the psi - x
+        differences); ``retained`` and ``retained_local`` (the share of the
+        nuisance a linear and a local probe read in x that they still read in
+        psi(x); NaN when x shows none); ``erased_share`` (held-out images of
+        which the mask keeps almost nothing) with their brightness;
+        ``worst_third`` (the third of the images by brightness where psi(x)
+        loses most); ``n_images``, ``seconds``. ``fit`` warns
+        (:class:`~sklearn_cim.RemovalWarning`) when psi(x) is not estimated to
+        make a linear model, or a CNN, more accurate than x by more than one
+        standard error, when ``retained`` is above 0.5, when more than 5% of the
+        held-out images are erased, when a brightness third loses 20 points,
+        and when the check cannot tell. None for the paper's objective. Usable
+        in a search through :func:`sklearn_cim.metrics.removal_score`.
     fallback_ : bool
         True when a fit on inferred groups (``infer_groups``) was estimated by
         the removal check to make a linear model less accurate than on x (the
@@ -510,7 +511,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             The nuisance attribute of each training image (a background
             colour, a site, a scanner) or a full group id, any hashable labels.
             Given, ``fit`` trains the group-aware objective (see the class
-            docstring); None trains the paper's objective (or the group-aware
+            docstring) on 80% of the images and checks the result on the
+            others (``removal_check_``); None trains the paper's objective (or the group-aware
             one on inferred groups, with ``infer_groups``). In a ``Pipeline``
             or a search, route it with ``set_fit_request(groups=True)`` under
             ``sklearn.set_config(enable_metadata_routing=True)``, or pass
@@ -712,33 +714,42 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         for name, value in resolve_auto(self.get_params(deep=False),
                                         self.group_aware_).items():
             setattr(self, name + "_", value)
-        self._train(X, y_enc, group_codes, warm=warm, epochs=epochs)
         self.removal_check_ = None
         self.fallback_ = False
-        if epochs is None:  # fit, not partial_fit (called in loops: no extra pass each time)
-            if self.group_aware_:
-                check = self._check_removal(X, shape, input_range, y_enc, group_codes)
-                self.removal_check_ = check
-                # inferred groups that make psi(x) worse than x: transform leaves x as is
-                self.fallback_ = self.groups_ is not None and _worse_than_x(check)
-            return self._share_kept(X, shape, input_range)
-        return None
+        checked = self.group_aware_ and epochs is None  # fit, not partial_fit (called in loops)
+        held = None
+        if checked:  # the removal check's images, held back from the mask network
+            held = held_out_rows(y_enc, group_codes, self._shared_seed())
+        rows = None if held is None else np.flatnonzero(~held)
+        self._train(X, y_enc, group_codes, warm=warm, epochs=epochs, rows=rows)
+        if epochs is not None:
+            return None
+        if checked:
+            check = self._check_removal(X, shape, input_range, y_enc, group_codes, held)
+            self.removal_check_ = check
+            # inferred groups that make psi(x) worse than x: transform leaves x as is
+            self.fallback_ = self.groups_ is not None and worse_than_x(check)
+        return self._share_kept(X, shape, input_range)
 
-    def _check_removal(self, X, shape, input_range, y_enc, group_codes):
-        """The removal check (:mod:`sklearn_cim._removal`) on up to
-        ``_REMOVAL_ROWS`` training images spread over X."""
-        rows = np.arange(0, len(X), max(1, len(X) // _REMOVAL_ROWS))[:_REMOVAL_ROWS]
+    def _check_removal(self, X, shape, input_range, y_enc, group_codes, held):
+        """The removal check (:mod:`sklearn_cim._removal`) on the held-out
+        training images and up to ``_REMOVAL_TRAIN_ROWS`` of the others."""
+        train = np.flatnonzero(~held)
+        if len(train) > _REMOVAL_TRAIN_ROWS:
+            train = train[np.linspace(0, len(train) - 1, _REMOVAL_TRAIN_ROWS).astype(np.int64)]
+        rows = np.sort(np.concatenate([np.flatnonzero(held), train]))
         low, high = input_range
-        x = (np.asarray(X[rows], dtype=np.float32) - low) / (high - low)
-        psi = (self._apply_validated(X[rows], shape, input_range, "psi") - low) / (high - low)
         images = (-1,) + tuple(shape)
-        return removal_check(pooled_rows(psi.reshape(images)), pooled_rows(x.reshape(images)),
-                             y_enc[rows], group_codes[rows], random_state=self._shared_seed())
+        x = ((np.asarray(X[rows], dtype=np.float32) - low) / (high - low)).reshape(images)
+        psi = (self._apply_validated(X[rows], shape, input_range, "psi") - low) / (high - low)
+        kept = self._apply_validated(X[rows], shape, input_range, "kept")
+        return removal_check(psi.reshape(images), x, y_enc[rows], group_codes[rows], held[rows],
+                             kept=kept, random_state=self._shared_seed(), device=self.device_,
+                             epochs=self.max_epochs)
 
     def _warn_if_not_removed(self, kept):
-        """RemovalWarnings after a group-aware fit: fell back, kept every pixel,
-        cannot tell (the probe does not read the nuisance in x either), still
-        carries the nuisance, or worse than x; ``kept`` is :meth:`_share_kept`."""
+        """RemovalWarnings after a group-aware fit (:func:`removal_warnings`), or
+        that it fell back; ``kept`` is :meth:`_share_kept`."""
         check = getattr(self, "removal_check_", None)
         if check is None:
             return
@@ -753,36 +764,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 RemovalWarning)
             return
         source = "inferred groups (groups_)" if self.groups_ is not None else "the groups given"
-        if self.hard_mask_ and kept is not None and kept >= 1.0:
-            warn(
-                "The mask keeps every pixel of the training images it was checked on: psi(x) "
-                "is x, and nothing was removed (no mask value fell below the cut). Train longer "
-                "(max_epochs), raise mask_weight, or check that groups name the nuisance.",
-                RemovalWarning)
-            return
-        if not np.isfinite(check.retained):
-            warn(
-                f"The removal check cannot tell whether the nuisance was removed: a linear "
-                f"model does not read it in x either (removal_check_.nuisance_x "
-                f"{check.nuisance_x:.3f}, chance {check.chance:.3f}, against {source}), as "
-                "with a small mark at a random position. Measure the downstream model on "
-                "held-out images whose nuisance disagrees with the label before relying on "
-                "this transform.", RemovalWarning)
-        if check.retained > WARN_RETAINED:
-            warn(
-                f"psi(x) still carries {check.retained:.0%} of the nuisance that a linear model "
-                f"reads in x (removal_check_.retained, measured out of fold on the training "
-                f"images against {source}): a downstream model can still rely on it. Train "
-                "longer (max_epochs), raise mask_weight, or check that groups name the "
-                "nuisance.", RemovalWarning)
-        if _worse_than_x(check):
-            warn(
-                f"A linear model on psi(x) is estimated to be less accurate than one on x once "
-                f"the nuisance no longer agrees with the label ({check.balanced_accuracy:.3f} "
-                f"vs {check.balanced_accuracy_x:.3f}: removal_check_.balanced_accuracy, every "
-                f"(class, group) cell of the training images weighing the same, against "
-                f"{source}). The mask removed more of the object than of the nuisance; do not "
-                "use this transform as is.", RemovalWarning)
+        everything = bool(self.hard_mask_ and kept is not None and kept >= 1.0)
+        for message in removal_warnings(check, source=source, kept_everything=everything):
+            warn(message, RemovalWarning)
 
     def _share_kept(self, X, shape, input_range):
         """Share of the mask values that are kept (> 0: a hard mask's ones, or a

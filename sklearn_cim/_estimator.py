@@ -203,10 +203,11 @@ class TorchEstimatorMixin:
             seed = broadcast_int(seed, device)
         return seed, Resume(path, group, device), slot
 
-    def _train(self, X, y, groups=None, *, warm=False, epochs=None):
+    def _train(self, X, y, groups=None, *, warm=False, epochs=None, rows=None):
         """Train a new net on (X, y), or continue ``net_`` when ``warm``; in a
         data-parallel fit, with the other processes of the group. ``y``: class
-        codes; ``groups``: group codes for the group-aware objective, or None."""
+        codes; ``groups``: group codes for the group-aware objective, or None;
+        ``rows``: train on these rows of X only (None: all)."""
         group = world(self.distributed)
         device = resolve_device(local_device(self.device) if group else self.device)
         if group is not None:  # the first collective: do all processes agree?
@@ -231,13 +232,16 @@ class TorchEstimatorMixin:
                 net = self._new_net(seed, device, group, checkpoint_slot=slot)
             image_shape, input_range = self._data_layout()
             rank, size = group or (0, 1)
+            if rows is not None:
+                y = y[rows]
+                groups = None if groups is None else groups[rows]
             data = TrainingSet(
                 place_training_data(X, net.device, pixels=self._pixels),
                 torch.as_tensor(y, device=net.device),
                 None if groups is None else torch.as_tensor(groups, device=net.device),
                 image_shape=image_shape, input_range=input_range,
                 channels_last=net.channels_last, device=net.device, rank=rank,
-                world_size=size)
+                world_size=size, rows=rows)
             self.net_ = fit_net(net, data, seed, epochs=epochs, initialize=not warm,
                                 resume=resume, before=before)
         return self.net_

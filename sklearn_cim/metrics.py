@@ -168,10 +168,12 @@ def removal_score(estimator, X=None, y=None, *, metric="balanced_accuracy"):
     """The removal check of a fitted CIMTransformer (or pipeline) as a score.
 
     A scorer for :class:`~sklearn.model_selection.GridSearchCV` that needs no
-    test set: it reads ``removal_check_``, measured out of fold on each
-    candidate's own training images, and ignores ``X`` and ``y`` (the
+    test set: it reads ``removal_check_``, measured on training images each
+    candidate's mask network held back, and ignores ``X`` and ``y`` (the
     validation split, which carries the nuisance as training does and so
-    rewards keeping it). Greater is better.
+    rewards keeping it). Greater is better. Since it ignores the validation
+    split, one split is enough (e.g. ``cv=[(np.arange(n), np.arange(1))]``:
+    each candidate fitted once, on every image).
 
     Parameters
     ----------
@@ -179,12 +181,15 @@ def removal_score(estimator, X=None, y=None, *, metric="balanced_accuracy"):
         Fitted with groups (given or inferred).
     X, y : ignored
         Present for the scorer signature ``scorer(estimator, X, y)``.
-    metric : {"balanced_accuracy", "removed"}, default="balanced_accuracy"
+    metric : {"balanced_accuracy", "balanced_accuracy_cnn", "removed"}, \
+            default="balanced_accuracy"
         ``"balanced_accuracy"``: the estimated accuracy of a linear model on
         psi(x) when every (class, group) cell weighs the same, as once the
-        nuisance no longer agrees with the label. ``"removed"``: ``1 -
-        retained``, the share of the nuisance's linear readability removed (NaN
-        when x itself shows none). Pass it with ``functools.partial``.
+        nuisance no longer agrees with the label; ``"balanced_accuracy_cnn"``:
+        the same for a CNN (choose the one of your downstream model).
+        ``"removed"``: ``1 - retained``, the share of the nuisance's
+        readability removed (NaN when x itself shows none). Pass it with
+        ``functools.partial``.
 
     Returns
     -------
@@ -209,8 +214,10 @@ def removal_score(estimator, X=None, y=None, *, metric="balanced_accuracy"):
     True
     """
     check = _removal_check_of(estimator)
-    if metric == "balanced_accuracy":
-        return float(check.balanced_accuracy)
+    if metric in ("balanced_accuracy", "balanced_accuracy_cnn"):
+        return float(check[metric])
     if metric == "removed":
         return float(1.0 - check.retained)
-    raise ValueError(f"metric must be 'balanced_accuracy' or 'removed', got {metric!r}.")
+    raise ValueError(
+        "metric must be 'balanced_accuracy', 'balanced_accuracy_cnn' or 'removed', got "
+        f"{metric!r}.")

@@ -77,3 +77,17 @@ def nuisance_images():
     X[y == 0, :, 1:3, 2:6] = 1.0
     X[y == 1, :, 5:7, 2:6] = 1.0
     return np.clip(X, 0, 1), y, groups
+
+
+def group_fit_rows(y, groups, random_state):
+    """The rows a group-aware ``fit`` trains its mask on (it holds the removal
+    check's images back), for integer ``y`` and ``groups`` that are their own
+    codes and an int ``random_state``."""
+    from sklearn_cim._removal import held_out_rows
+    seed = np.random.RandomState(random_state).randint(np.iinfo(np.int32).max)
+    return ~held_out_rows(y, groups, seed)
+
+
+@pytest.fixture
+def fit_rows():
+    return group_fit_rows

@@ -103,26 +103,34 @@ def test_pair_table_draws_bias_contrastive_pairs():
 
 def test_group_triplets_contrast_across_groups(nuisance_images, tiny, monkeypatch):
     X, y, groups = nuisance_images
-    seen = []
-    original = PairTable.positives
+    seen, tables = [], []
+    original, original_init = PairTable.positives, PairTable.__init__
 
     def spy(self, yy, gg, generator):
         idx, ok = original(self, yy, gg, generator)
         seen.append((yy.clone(), gg.clone(), idx.clone(), ok.clone()))
         return idx, ok
 
+    def init(self, yy, gg):  # the training set's labels: drawn indices are its rows
+        tables.append((yy.clone(), gg.clone()))
+        original_init(self, yy, gg)
+
     monkeypatch.setattr(PairTable, "positives", spy)
-    CIMTransformer(**tiny).fit(X, y, groups=groups)
+    monkeypatch.setattr(PairTable, "__init__", init)
+    cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
     assert seen
+    (table_y, table_g), = tables
+    n_train = len(y) - cim.removal_check_.n_images  # the check's images are held back
+    assert len(table_y) == n_train
     for yy, gg, idx, ok in seen:
         assert ok.any()
-        assert (torch.as_tensor(groups)[idx][ok] != gg[ok]).all()
-        assert (torch.as_tensor(y)[idx][ok] == yy[ok]).all()
+        assert (table_g[idx][ok] != gg[ok]).all()
+        assert (table_y[idx][ok] == yy[ok]).all()
     seen.clear()
     CIMTransformer(**tiny, group_triplets=False, invariance_weight=0.0).fit(X, y, groups=groups)
     assert not seen
     # the invariance term draws them too: one draw per step, shared by both terms
-    triplets_only = len(list(range(0, len(X), tiny["batch_size"])))
+    triplets_only = len(list(range(0, n_train, tiny["batch_size"])))
     CIMTransformer(**tiny, group_triplets=False).fit(X, y, groups=groups)
     assert len(seen) == triplets_only
     seen.clear()
@@ -269,12 +277,17 @@ def test_partial_fit_takes_groups(nuisance_images, tiny):
     assert cim.group_aware_ and len(cim.history_) == 1
 
 
-def test_partial_fit_with_groups_trains_what_fit_with_groups_trains(nuisance_images, tiny):
+def test_partial_fit_with_groups_trains_what_fit_with_groups_trains(nuisance_images, tiny,
+                                                                    fit_rows):
     """Each partial_fit with groups is one epoch of the group-aware objective: two
-    calls give the model of a two-epoch fit with groups, bit for bit, and not the
-    paper's objective that partial_fit without groups trains."""
+    calls give the model of a two-epoch fit with groups, bit for bit (on the
+    images that fit trains the mask on: it holds the removal check's back), and
+    not the paper's objective that partial_fit without groups trains."""
     X, y, groups = nuisance_images
     fitted = CIMTransformer(**dict(tiny, max_epochs=2)).fit(X, y, groups=groups)
+    rows = fit_rows(y, groups, tiny["random_state"])
+    assert rows.sum() == len(y) - fitted.removal_check_.n_images
+    X, y, groups = X[rows], y[rows], groups[rows]
     partial = CIMTransformer(**tiny).partial_fit(X, y, groups=groups)
     assert partial.group_aware_ and partial.hard_mask_
     assert {"train_mask", "train_invariance"} <= set(partial.history_[-1])
@@ -419,7 +432,7 @@ def test_warm_calls_encode_groups_as_the_first_fit(nuisance_images, tiny):
 def test_a_mask_that_cuts_every_pixel_warns(nuisance_images, tiny):
     # a sparsity pressure that wins outright: after the 0.2 cut, psi(x) is all zero
     X, y, groups = nuisance_images
-    params = dict(tiny, max_epochs=5, mask_weight=50.0, lr=0.1)
+    params = dict(tiny, max_epochs=8, mask_weight=50.0, lr=0.1)
     with pytest.warns(ConvergenceWarning, match="mask keeps 0.0% of the pixels"):
         cim = CIMTransformer(**params).fit(X, y, groups=groups)
     assert not cim.transform(X).any()  # the warning tells the truth

@@ -22,13 +22,13 @@ scratch copy of the package, never here):
 - test_vib_proba_averages_softmax_over_draws: softmax of the mean logit over the
   draws; a single draw instead of n_test_samples; SIGMA_SHIFT 5 -> 4; sigma doubled;
   z = mu + sigma**2 * eps; z = mu (no noise).
-- test_removal_check_partial_retained: retained = nuisance_psi / nuisance_x
-  (chance not subtracted); chance = 1 / n_cells; unweighted nuisance probe;
-  plain accuracy for balanced_accuracy.
-- test_removal_check_forced_extremes: retained clip at 0 dropped (negative);
-  MIN_READABLE check dropped (retained not NaN); plain accuracy for
-  balanced_accuracy.
-- test_removal_chance_with_a_missing_cell: chance = 1 / n_groups.
+- test_shift_estimate_by_hand: the pooled rest weighted by its mean share
+  instead of 1 - share; the bounds not counted in the spread.
+- test_retained_share_by_hand: chance not subtracted; the clip at 0 dropped;
+  the MIN_READABLE check dropped.
+- test_per_image_figures_by_hand: ERASED_FRACTION of the mean instead of the
+  median; thirds by index instead of brightness.
+- test_the_warning_rules_by_hand: one standard error replaced by two.
 - test_cell_balanced_accuracy_weights_cells_equally: plain accuracy
   (np.mean(correct)) instead of the cell-weighted mean.
 """
@@ -41,7 +41,14 @@ import torch
 from torch import nn
 
 from sklearn_cim import CIMTransformer, VIBClassifier
-from sklearn_cim._removal import cell_balanced_accuracy, removal_check
+from sklearn_cim._removal import (
+    cell_balanced_accuracy,
+    not_better,
+    per_image,
+    retained_share,
+    shift_estimate,
+    worse_than_x,
+)
 
 SHAPE = (3, 5, 6)  # RGB, non-square: no ambiguity about the channel axis
 N = 8
@@ -254,62 +261,58 @@ def test_vib_proba_averages_softmax_over_draws():
 
 
 # -- the removal check --------------------------------------------------------
-
-# 20 rows in 4 (class, group) cells of 4, 4, 4 and 8 rows; x holds 10*y and 10*g.
-_CELLS = {(0, 0): 4, (0, 1): 4, (1, 0): 4, (1, 1): 8}
-_Y = np.concatenate([[c] * n for (c, _), n in _CELLS.items()])
-_G = np.concatenate([[g] * n for (_, g), n in _CELLS.items()])
-_X = np.stack([10.0 * _Y, 10.0 * _G], axis=1)
-
-
-@pytest.mark.parametrize("random_state", [0, 1])
-def test_removal_check_partial_retained(random_state):
-    # psi shows the group only in class 0 (feature 10*g there, 0 in class 1).
-    # Nuisance probe (cells weighted equally): at 10 -> group 1; at 0 the cells
-    # (0,0), (1,0), (1,1) weigh the same -> group 0. Right on cells (0,0), (0,1),
-    # (1,0), wrong on (1,1): nuisance_psi = 3/4. On x it reads g: nuisance_x = 1.
-    # chance = n_classes / n_cells = 2/4. retained = (3/4 - 1/2) / (1 - 1/2) = 1/2.
-    # Class probe (unweighted): at 10 -> class 0; at 0 class 1 has 12 rows, class
-    # 0 has 4 -> class 1: wrong on cell (0,0) only, balanced_accuracy = 3/4
-    # (plain accuracy would be 16/20 = 0.8).
-    psi = np.stack([np.zeros(len(_Y)), 10.0 * _G * (_Y == 0)], axis=1)
-    check = removal_check(psi, _X, _Y, _G, random_state=random_state)
-    assert check.chance == 0.5
-    assert check.nuisance_psi == pytest.approx(0.75, abs=1e-12)
-    assert check.nuisance_x == pytest.approx(1.0, abs=1e-12)
-    assert check.retained == pytest.approx(0.5, abs=1e-12)
-    assert check.balanced_accuracy == pytest.approx(0.75, abs=1e-12)
-    assert check.balanced_accuracy_x == pytest.approx(1.0, abs=1e-12)
-    assert check.n_images == 20
+def test_shift_estimate_by_hand():
+    # class 0 (majority group 0): in it 1, 1, 0; outside it 0. Class 1 (majority
+    # group 1): in it 1, 1; outside it 1, 0. Groups half and half, classes too:
+    # weights 1/2 * 1/2 for each class's majority pool, 1/2 for the pooled rest.
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    g = np.array([0, 0, 0, 1, 1, 1, 0, 0])
+    right = np.array([1, 1, 0, 0, 1, 1, 1, 0], dtype=float)
+    est, se = shift_estimate(right, y, g, majority=np.array([0, 1]),
+                             group_share=np.array([0.5, 0.5]))
+    assert est == pytest.approx(0.25 * 2 / 3 + 0.25 * 1 + 0.5 * 1 / 3, abs=1e-12)  # 7/12
+    # each pool's spread counts the bounds 0 and 1 as half an image each:
+    # (sum of squared deviations + 0.5 * ((0 - m)^2 + (1 - m)^2)) / n, over n again
+    spread_a = (2 / 3 + 0.5 * (4 / 9 + 1 / 9)) / 3  # class 0's pool, mean 2/3
+    spread_b = (0 + 0.5 * (1 + 0)) / 2  # class 1's pool, mean 1
+    spread_o = (2 / 3 + 0.5 * (1 / 9 + 4 / 9)) / 3  # the rest, mean 1/3
+    var = 0.25 ** 2 * spread_a / 3 + 0.25 ** 2 * spread_b / 2 + 0.5 ** 2 * spread_o / 3
+    assert se == pytest.approx(np.sqrt(var), abs=1e-12)
+    # a class with no image in its majority group takes the mean of those that have
+    est, _ = shift_estimate(right[:4], y[:4], np.array([1, 1, 1, 1]), np.array([0, 1]),
+                            np.array([0.5, 0.5]))
+    assert est == pytest.approx(0.5 * 2 / 4 + 0.5 * 2 / 4, abs=1e-12)
 
 
-def test_removal_check_forced_extremes():
-    # psi == x: both nuisance probes agree, retained = 1 exactly.
-    same = removal_check(_X, _X, _Y, _G, random_state=0)
-    assert same.retained == 1.0
-    assert same.balanced_accuracy == same.balanced_accuracy_x == 1.0
-    # psi all zero: the nuisance probe predicts, in each fold, the group with more
-    # (cell-weighted) training rows, i.e. the one the held-out fold has fewer of:
-    # at most chance, so retained is 0 (clipped). The class probe predicts the
-    # majority class 1 everywhere: right on 2 of 4 cells, balanced_accuracy = 1/2.
-    zero = removal_check(np.zeros_like(_X), _X, _Y, _G, random_state=0)
-    assert zero.nuisance_psi <= zero.chance == 0.5
-    assert zero.retained == 0.0
-    assert zero.balanced_accuracy == 0.5
-    # x without the group: nothing to measure against, retained is NaN.
-    blind = _X[:, :1]
-    assert np.isnan(removal_check(blind, blind, _Y, _G, random_state=0).retained)
+def test_retained_share_by_hand():
+    assert retained_share(0.75, 1.0, 0.5) == pytest.approx(0.5, abs=1e-12)
+    assert retained_share(0.4, 1.0, 0.5) == 0.0  # below chance: clipped
+    assert np.isnan(retained_share(0.9, 0.52, 0.5))  # x shows under 0.05 beyond chance
 
 
-def test_removal_chance_with_a_missing_cell():
-    # Classes 0 and 1, groups 0, 1, 2, but only 3 cells: (0,0), (0,1), (1,2).
-    # A probe knowing the class alone is right on one cell per class: chance = 2/3.
-    y = np.repeat([0, 0, 1], 4)
-    g = np.repeat([0, 1, 2], 4)
-    x = np.stack([10.0 * y, 10.0 * g], axis=1)
-    check = removal_check(x, x, y, g, random_state=0)
-    assert check.chance == pytest.approx(2 / 3, abs=1e-12)
-    assert check.retained == 1.0
+def test_per_image_figures_by_hand():
+    x = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], np.float32)[:, None, None, None]
+    kept = np.array([0.5, 0.5, 0.5, 0.5, 0.05, 0.0])  # median 0.5: erased under 0.1
+    right_psi = np.array([1, 1, 1, 1, 0, 0], bool)
+    out = per_image(x, kept, right_psi, np.ones(6, bool))
+    assert out["erased_share"] == pytest.approx(2 / 6)
+    assert out["erased_brightness"] == pytest.approx(0.85)
+    assert out["other_brightness"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.7) / 4)
+    assert (out["worst_third"], out["worst_third_accuracy"], out["worst_third_accuracy_x"],
+            out["third_size"]) == ("brightest", 0.0, 1.0, 2)
+
+
+def test_the_warning_rules_by_hand():
+    from sklearn.utils import Bunch
+    check = Bunch(balanced_accuracy=0.75, balanced_accuracy_x=0.625,
+                  balanced_accuracy_se=0.125)
+    assert not_better(check)  # 0.125 better: not more than one standard error
+    check.balanced_accuracy_se = 0.0625
+    assert not not_better(check)
+    check = Bunch(balanced_accuracy=0.80, balanced_accuracy_x=0.85, balanced_accuracy_se=0.02)
+    assert worse_than_x(check)
+    check.balanced_accuracy_se = 0.03  # 0.05 is within twice the noise
+    assert not worse_than_x(check)
 
 
 def test_cell_balanced_accuracy_weights_cells_equally():

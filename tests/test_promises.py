@@ -235,7 +235,7 @@ def test_distance_is_what_the_triplet_term_measures(images, tiny):
     assert abs(ssim - l2) > 0.01
 
 
-def test_group_weighting_none_is_the_unweighted_head(nuisance_images, tiny):
+def test_group_weighting_none_is_the_unweighted_head(nuisance_images, tiny, fit_rows):
     """With triplets, the invariance term, the mask penalty and the hard mask
     off, the group-aware fit with group_weighting="none" trains the plain
     cross-entropy: the same model as the paper's objective; "balanced" trains
@@ -243,7 +243,8 @@ def test_group_weighting_none_is_the_unweighted_head(nuisance_images, tiny):
     X, y, groups = nuisance_images
     params = {**tiny, "triplet_weight": 0.0, "mask_weight": 0.0, "mask_threshold": None,
               "invariance_weight": 0.0, "hard_mask": False, "max_epochs": 2}
-    plain = CIMTransformer(**params).fit(X, y)
+    rows = fit_rows(y, groups, tiny["random_state"])  # a group-aware fit trains on these
+    plain = CIMTransformer(**params).fit(X[rows], y[rows])
     none = CIMTransformer(**params, group_weighting="none").fit(X, y, groups=groups)
     balanced = CIMTransformer(**params).fit(X, y, groups=groups)
     np.testing.assert_allclose(none.history_[:, "train_ce"], plain.history_[:, "train_ce"],
