@@ -6,9 +6,12 @@ the two sample photos (five each); every image is a random 64 x 64 crop of its
 scene with an MNIST digit (from the t10k file, upscaled to 44 px) pasted white, with a
 dark rim, on it. In training the scene agrees with the digit in ``P_TRAIN`` of the images; in
 the test split (OOD) it is drawn at random; the oracle trains on random scenes.
-Rows: ERM (LR on pixels), ERM CNN, group CIM -> LR, group CIM -> CNN (groups:
-the scene of each training image), oracle (LR), with OOD and worst-group
-accuracy, the fit's wall time and the process's peak resident memory after it.
+Rows: ERM (LR on pixels), ERM CNN, oracle CNN, group CIM -> LR, group CIM -> CNN
+(groups: the scene of each training image), inferred-group CIM -> LR and -> CNN,
+oracle (LR), with OOD and worst-group accuracy, the fit's wall time and the
+process's peak resident memory after it; for the CIM rows, the removal check and
+its warnings, and the share of test images whose digit the mask keeps (half of
+its pixels or more).
 One process per seed (``--jobs`` at a time), JSON lines to ``--out``::
 
     python benchmarks/own_images_64px.py --mnist ../shared/data/mnist --jobs 1 \\
@@ -28,6 +31,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -100,7 +104,15 @@ def make_data(mnist, n_train, n_test, seed):
         nuisance_train=s_train,
         X_oracle=compose(ink[:n_train], s_oracle, all_scenes, rng),
         X_test_ood=compose(ink[n_train:], s_test, all_scenes, rng), y_test=y_test,
-        nuisance_test_ood=s_test)
+        nuisance_test_ood=s_test, ink_test_ood=_placed(ink[n_train:]))
+
+
+def _placed(ink):
+    """The digits' ink where :func:`compose` pastes it, ``(n, 64, 64)``."""
+    out = np.zeros((len(ink), SIDE, SIDE), np.float32)
+    off = (SIDE - DIGIT) // 2
+    out[:, off:off + DIGIT, off:off + DIGIT] = ink
+    return out
 
 
 def peak_mib():
@@ -115,7 +127,7 @@ def run_seed(args):
     from sklearn_cim.datasets import agreement_groups
     from sklearn_cim.metrics import worst_group_accuracy
     sys.path.insert(0, HERE)
-    from nuisance_results import train_cnn
+    from nuisance_results import check_facts, object_kept, train_cnn
 
     torch.set_num_threads(args.threads)
     d = make_data(args.mnist, args.n_train, args.n_test, args.seed)
@@ -142,25 +154,38 @@ def run_seed(args):
     predict, s = lr(d.X_train, d.y_train)
     emit("ERM", predict, d.X_test_ood, s)
     want = lambda model: args.models is None or model in args.models  # noqa: E731
+    obj = d.ink_test_ood > 0.5  # the digit's pixels in the test images
     if want("ERM CNN"):
         t = time.perf_counter()
         predict = train_cnn(d.X_train, d.y_train, args.seed)
         emit("ERM CNN", predict, d.X_test_ood, time.perf_counter() - t)
-    t = time.perf_counter()
-    cim = CIMTransformer(**cim_params, random_state=args.seed).fit(
-        d.X_train, d.y_train, groups=d.nuisance_train)
-    cim_s = time.perf_counter() - t
-    psi_train, psi_ood = cim.transform(d.X_train), cim.transform(d.X_test_ood)
-    kept = cim.masks(d.X_test_ood)
-    check = {k: float(v) for k, v in cim.removal_check_.items()}
-    predict, s = lr(psi_train, d.y_train)
-    emit("group CIM -> LR", predict, psi_ood, cim_s + s, cim_fit_s=round(cim_s, 1),
-         mask_mean=float(kept.mean()), removal_check=check)
-    if want("group CIM -> CNN"):
+    if want("oracle CNN"):
         t = time.perf_counter()
-        predict = train_cnn(psi_train, d.y_train, args.seed)
-        emit("group CIM -> CNN", predict, psi_ood, cim_s + time.perf_counter() - t,
-             cim_fit_s=round(cim_s, 1))
+        predict = train_cnn(d.X_oracle, d.y_train, args.seed)
+        emit("oracle CNN", predict, d.X_test_ood, time.perf_counter() - t)
+    for prefix, extra, groups in (("group CIM", {}, d.nuisance_train),
+                                  ("inferred-group CIM", {"infer_groups": True}, None)):
+        if not (want(prefix + " -> LR") or want(prefix + " -> CNN")):
+            continue
+        t = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cim = CIMTransformer(**{**cim_params, **extra}, random_state=args.seed).fit(
+                d.X_train, d.y_train, groups=groups)
+        cim_s = time.perf_counter() - t
+        psi_train, psi_ood = cim.transform(d.X_train), cim.transform(d.X_test_ood)
+        kept = cim.masks(d.X_test_ood)
+        facts = dict(check_facts(cim, caught, cim_s), mask_mean=float(kept.mean()),
+                     mask_object=float(kept[:, 0][obj].mean()),
+                     object_kept=object_kept(kept[:, 0], obj))
+        if want(prefix + " -> LR"):
+            predict, s = lr(psi_train, d.y_train)
+            emit(prefix + " -> LR", predict, psi_ood, cim_s + s, **facts)
+        if want(prefix + " -> CNN"):
+            t = time.perf_counter()
+            predict = train_cnn(psi_train, d.y_train, args.seed)
+            emit(prefix + " -> CNN", predict, psi_ood, cim_s + time.perf_counter() - t,
+                 **facts)
     predict, s = lr(d.X_oracle, d.y_train)
     emit("oracle", predict, d.X_test_ood, s)
 

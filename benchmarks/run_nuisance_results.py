@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ["ERM", "group-balanced LR", "JTT (LR)", "ERM CNN", "group-balanced CNN",
           "GroupDRO CNN", "group CIM -> LR", "inferred-group CIM -> LR", "group CIM -> CNN",
-          "oracle", "oracle CNN"]
+          "inferred-group CIM -> CNN", "oracle", "oracle CNN"]
 #: The model a run writes last: its line marks the run as done.
-LAST = "inferred-group CIM -> LR"
+LAST = "inferred-group CIM -> CNN"
 NUISANCES = ("background", "corner", "mark")
 #: Epochs of the group-aware CIMs, per dataset.
 EPOCHS = {"digits": 30, "mnist": 15}

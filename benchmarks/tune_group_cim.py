@@ -68,9 +68,12 @@ def main():
         fit_s = time.perf_counter() - t
         extra_info = ""
         if cim.groups_ is not None:
-            extra_info = f" proxy agrees with true nuisance {np.mean(cim.groups_ == data.groups_train % 10):.3f}"
+            agree = np.mean(cim.groups_ == data.groups_train % 10)
+            extra_info = f" proxy agrees with true nuisance {agree:.3f}"
         for thr in [None] + list(args.thresholds):
-            cim.set_params(mask_threshold=thr)
+            # transform reads the fit's decision (mask_threshold_), not the parameter;
+            # the cut does not change training, so it is set on the fitted model
+            cim.mask_threshold_ = None if cim.hard_mask_ else thr
             Z_tr, Z_ood = (flat(cim.transform(a)) for a in (data.X_train, data.X_test_ood))
             ood = lr().fit(Z_tr, data.y_train).score(Z_ood, data.y_test)
             m = cim.masks(data.X_test_ood)[:, 0]
