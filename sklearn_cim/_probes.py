@@ -74,11 +74,16 @@ def train_probe(net, images, labels, rows, *, epochs, batch_size, lr, generator,
 
 
 @torch.no_grad()
-def predict_rows(net, images, rows, device="cpu", chunk=1024):
-    """The class ``net`` predicts for ``images[rows]``, as a numpy array."""
+def predict_rows(net, images, rows, device="cpu", chunk=1024, proba=False):
+    """The class ``net`` predicts for ``images[rows]`` (with ``proba``, the
+    softmax of its outputs), as a numpy array."""
     net.eval()
     rows = torch.as_tensor(rows)
-    out = [net(images[rows[s:s + chunk]].to(device)).argmax(1).cpu()
-           for s in range(0, len(rows), chunk)]
+    out = []
+    for s in range(0, len(rows), chunk):
+        logits = net(images[rows[s:s + chunk]].to(device)).float()
+        out.append((torch.softmax(logits, 1) if proba else logits.argmax(1)).cpu())
     net.train()
-    return torch.cat(out).numpy() if out else np.empty(0, np.int64)
+    if not out:
+        return np.empty((0,), np.int64)
+    return torch.cat(out).numpy()
