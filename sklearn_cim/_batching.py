@@ -67,6 +67,9 @@ class TrainingSet(torch.utils.data.Dataset):
                  channels_last=False, device=None, rank=0, world_size=1, rows=None):
         self.X, self.y, self.groups = X, y, groups
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        # rows of a device tensor are mapped on its device (no host round trip per batch)
+        self.device_rows = (torch.as_tensor(self.rows, device=X.device)
+                            if self.rows is not None and torch.is_tensor(X) else None)
         self.rank, self.world_size = rank, world_size
         self.image_shape = tuple(image_shape)
         self.input_range = input_range
@@ -85,12 +88,13 @@ class TrainingSet(torch.utils.data.Dataset):
     def gather(self, rows, *, pin=False):
         """Raw rows of X as a tensor; with ``pin``, host rows bound for CUDA are
         pinned (for a non-blocking copy, worth it only off the training thread)."""
-        if self.rows is not None:
-            rows = self.rows[rows.cpu().numpy() if torch.is_tensor(rows) else rows]
         if not self.host:
-            return self.X[rows.to(self.X.device) if torch.is_tensor(rows) else rows]
+            rows = rows.to(self.X.device) if torch.is_tensor(rows) else rows
+            return self.X[rows if self.device_rows is None else self.device_rows[rows]]
         if torch.is_tensor(rows):
             rows = rows.cpu().numpy()
+        if self.rows is not None:
+            rows = self.rows[rows]
         out = torch.from_numpy(native_rows(np.asarray(self.X[rows])))
         return out.pin_memory() if pin and self.device.type == "cuda" else out
 

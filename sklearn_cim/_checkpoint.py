@@ -220,17 +220,14 @@ class Resume:
 
 
 class EpochCheckpoint(Callback):
-    """Writes the net's state at the end of each epoch into ``slot`` (only on
-    the data-parallel rank 0: every process holds the same model), replacing
-    the previous checkpoint once the new one is complete."""
+    """Writes the net's state at the end of each epoch into ``slot`` (the
+    data-parallel rank 0 alone has one: every process holds the same model),
+    replacing the previous checkpoint once the new one is complete."""
 
-    def __init__(self, slot, write=True):
+    def __init__(self, slot):
         self.slot = slot
-        self.write = write
 
     def on_epoch_end(self, net, **kwargs):
-        if not self.write:
-            return
         epochs = len(net.history)
         final = os.path.join(self.slot, f"{_PREFIX}{epochs:06d}")
         partial = final + ".partial"

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import Bunch
 from sklearn.utils.validation import check_is_fitted
 
 from ._batching import batched_apply
+from ._collectives import broadcast_object, local_device, world
 from ._devices import PRECISIONS, resolve_device, resolve_precision
 from ._distances import DISTANCES, LPIPS_TRUNKS
 from ._estimator import TorchEstimatorMixin
@@ -31,10 +31,14 @@ from ._params import (
     positive_int,
     training_constraints,
 )
+from ._probes import pooled
 from ._removal import MAX_TRAIN_ROWS as _REMOVAL_TRAIN_ROWS
 from ._removal import (
+    PROBE_SIDE,
     PaperObjectiveWarning,
     RemovalWarning,
+    check_rows,
+    complete_check,
     held_out_rows,
     removal_check,
     removal_warnings,
@@ -91,12 +95,13 @@ def resolve_auto(params, aware):
         return value
 
     hard = bool(pick("hard_mask", True, False))
+    threshold = None if hard else pick("mask_threshold", None, None)
     return dict(
         mask_weight=float(pick("mask_weight", AUTO_MASK_WEIGHT, 0.0)),
         invariance_weight=float(pick("invariance_weight", AUTO_INVARIANCE_WEIGHT, 0.0)),
         hard_mask=hard,
         # the transform-time cut of a soft mask (None: no cut; hard masks: None)
-        mask_threshold=None if hard else pick("mask_threshold", None, None),
+        mask_threshold=None if threshold is None else float(threshold),
     )
 
 
@@ -337,6 +342,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         The group labels given to the first fit, in the order of their codes;
         later warm fits and ``partial_fit`` calls code their groups the same
         way (new labels are appended). None when no groups were given.
+    held_out_ : ndarray of bool of shape (n_samples,) or None
+        The training images the last group-aware ``fit`` held back from the
+        mask network for the removal check (a ``warm_start`` fit on as many
+        images holds back the same ones); None when the mask trained on every
+        image (the paper's objective, ``partial_fit``, or too few images).
     removal_check_ : Bunch or None
         After a group-aware ``fit`` (groups given or inferred; not after
         ``partial_fit``), what psi(x) still carries of the nuisance and what a
@@ -599,7 +609,10 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             except TypeError:
                 labels = None
         check = getattr(self, "removal_check_", None)
+        held = getattr(self, "held_out_", None)
         return dict(super()._fitted_metadata(),
+                    held_out_=None if held is None else dict(
+                        rows=np.flatnonzero(held).tolist(), n=len(held)),
                     group_aware_=bool(getattr(self, "group_aware_", False)),
                     **{name + "_": getattr(self, name + "_") for name in AUTO_DECIDED},
                     group_labels_=labels,
@@ -620,6 +633,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 state["mask_threshold"] = 0.2 if aware else None
             if state.get("mask_weight") == "auto":
                 state["mask_weight"] = 1.0 if aware else 0.0
+        if "net_" in state:  # fitted before the hold-out and the check's new figures
+            state.setdefault("held_out_", None)
+            state["removal_check_"] = complete_check(state.get("removal_check_"))
         if "net_" in state and "hard_mask_" not in state:
             # fitted before the fit's decisions were kept: they were read from the
             # parameters as pickled
@@ -640,7 +656,12 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         self.group_labels_ = None if labels is None else np.asarray(labels, dtype=object)
         self.groups_ = None  # the training images' inferred groups are not saved
         check = meta.get("removal_check_")
-        self.removal_check_ = None if check is None else Bunch(**check)
+        self.removal_check_ = complete_check(check)
+        held = meta.get("held_out_")
+        self.held_out_ = None
+        if held is not None:
+            self.held_out_ = np.zeros(held["n"], dtype=bool)
+            self.held_out_[held["rows"]] = True
         self.fallback_ = bool(meta.get("fallback_", False))
 
     def _needs_unit_range(self):
@@ -665,11 +686,11 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
 
     def _fit_images(self, X, y, *, warm, epochs=None, classes=None, groups=None):
         with self._all_or_nothing():
-            kept = self._fit_checked(X, y, warm=warm, epochs=epochs, classes=classes,
-                                     groups=groups)
+            kept, unchecked = self._fit_checked(X, y, warm=warm, epochs=epochs,
+                                                classes=classes, groups=groups)
         # after the fitted state is set: a warning turned into an error does not
         # undo a finished fit
-        self._warn_if_not_removed(kept)
+        self._warn_if_not_removed(kept, unchecked)
         if kept is not None and kept < _COLLAPSE_KEPT:
             warn(
                 f"The mask keeps {kept:.1%} of the pixels of the training images "
@@ -716,40 +737,92 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             setattr(self, name + "_", value)
         self.removal_check_ = None
         self.fallback_ = False
-        checked = self.group_aware_ and epochs is None  # fit, not partial_fit (called in loops)
-        held = None
-        if checked:  # the removal check's images, held back from the mask network
-            held = held_out_rows(y_enc, group_codes, self._shared_seed())
+        held = unchecked = None
+        if self.group_aware_ and epochs is None:  # fit, not partial_fit (called in loops)
+            held, unchecked = self._held_out(y_enc, group_codes, warm, len(X))
+        else:  # the paper's objective, partial_fit: the mask trains on every image
+            self.held_out_ = None
         rows = None if held is None else np.flatnonzero(~held)
         self._train(X, y_enc, group_codes, warm=warm, epochs=epochs, rows=rows)
         if epochs is not None:
-            return None
-        if checked:
+            return None, None
+        if held is not None:
             check = self._check_removal(X, shape, input_range, y_enc, group_codes, held)
             self.removal_check_ = check
             # inferred groups that make psi(x) worse than x: transform leaves x as is
             self.fallback_ = self.groups_ is not None and worse_than_x(check)
-        return self._share_kept(X, shape, input_range)
+        return self._share_kept(X, shape, input_range), unchecked
+
+    def _held_out(self, y_enc, group_codes, warm, n):
+        """The training images held back from the mask network for the removal
+        check (a boolean mask, kept in ``held_out_``: a warm fit of the same
+        number of images holds back the same ones), or None and why none can
+        be (the fit then trains on every image, unchecked)."""
+        previous = getattr(self, "held_out_", None) if warm else None
+        if warm and previous is None:
+            self.held_out_ = None
+            return None, ("this fit continues a mask that has trained on every training "
+                          "image (after partial_fit, a fit that could hold none back, or a "
+                          "model of an earlier version), so none is out of sample")
+        if previous is not None and len(previous) == n:
+            held = previous
+        else:
+            held = held_out_rows(y_enc, group_codes, self._shared_seed())
+        if not held.any():
+            self.held_out_ = None
+            return None, ("no image could be held back from the mask network: that needs a "
+                          "class with at least three training images in its most frequent "
+                          "group, or three outside it")
+        self.held_out_ = held
+        return held, None
 
     def _check_removal(self, X, shape, input_range, y_enc, group_codes, held):
         """The removal check (:mod:`sklearn_cim._removal`) on the held-out
-        training images and up to ``_REMOVAL_TRAIN_ROWS`` of the others."""
-        train = np.flatnonzero(~held)
-        if len(train) > _REMOVAL_TRAIN_ROWS:
-            train = train[np.linspace(0, len(train) - 1, _REMOVAL_TRAIN_ROWS).astype(np.int64)]
-        rows = np.sort(np.concatenate([np.flatnonzero(held), train]))
+        training images and up to ``_REMOVAL_TRAIN_ROWS`` of the others; in a
+        data-parallel fit rank 0 measures it for every process."""
+        seed = self._shared_seed()
+        group = world(self.distributed)
+        check = None
+        if group is None or group[0] == 0:
+            rows = check_rows(held, y_enc, _REMOVAL_TRAIN_ROWS)
+            psi, x, kept = self._check_images(X, rows, shape, input_range)
+            check = removal_check(psi, x, y_enc[rows], group_codes[rows], held[rows], kept=kept,
+                                  random_state=seed, device=self.device_,
+                                  epochs=self.max_epochs)
+        if group is not None:
+            check = broadcast_object(check, resolve_device(local_device(self.device)))
+        return check
+
+    def _check_images(self, X, rows, shape, input_range, chunk=256):
+        """psi(x) and x in [0, 1] of ``rows`` of X, pooled for the probes a chunk
+        at a time (one pass of the mask net), and each image's share of kept
+        mask values (None for a soft mask without a cut: it keeps every pixel,
+        however dim)."""
         low, high = input_range
         images = (-1,) + tuple(shape)
-        x = ((np.asarray(X[rows], dtype=np.float32) - low) / (high - low)).reshape(images)
-        psi = (self._apply_validated(X[rows], shape, input_range, "psi") - low) / (high - low)
-        kept = self._apply_validated(X[rows], shape, input_range, "kept")
-        return removal_check(psi.reshape(images), x, y_enc[rows], group_codes[rows], held[rows],
-                             kept=kept, random_state=self._shared_seed(), device=self.device_,
-                             epochs=self.max_epochs)
+        psi, x, kept = [], [], []
+        for start in range(0, len(rows), chunk):
+            raw = X[rows[start:start + chunk]]
+            unit = ((np.asarray(raw, dtype=np.float32) - low) / (high - low)).reshape(images)
+            mask = self._apply_validated(raw, shape, input_range, "mask")
+            psi.append(pooled(mask * unit, PROBE_SIDE))
+            x.append(pooled(unit, PROBE_SIDE))
+            kept.append((mask > 0).reshape(len(raw), -1).mean(1))
+        soft = not self.hard_mask_ and self.mask_threshold_ is None
+        return (torch.cat(psi).numpy(), torch.cat(x).numpy(),
+                None if soft else np.concatenate(kept))
 
-    def _warn_if_not_removed(self, kept):
-        """RemovalWarnings after a group-aware fit (:func:`removal_warnings`), or
-        that it fell back; ``kept`` is :meth:`_share_kept`."""
+    def _warn_if_not_removed(self, kept, unchecked=None):
+        """RemovalWarnings after a group-aware fit (:func:`removal_warnings`),
+        that it fell back, or that it could not be checked (``unchecked``: why);
+        ``kept`` is :meth:`_share_kept`."""
+        if unchecked is not None:
+            warn(
+                f"The removal check did not run: {unchecked}. The mask trained on every "
+                "image and nothing says whether psi(x) still carries the nuisance; measure "
+                "the downstream model on held-out images whose nuisance disagrees with the "
+                "label before relying on this transform.", RemovalWarning)
+            return
         check = getattr(self, "removal_check_", None)
         if check is None:
             return

@@ -219,7 +219,7 @@ class TorchEstimatorMixin:
                 "or warm_start=False.")
         # a warm fit that raises leaves net_ as it was (_all_or_nothing restores
         # the estimator's attributes, not the net they share)
-        with restored_on_error(self.net_) if warm else nullcontext() as before:
+        with restored_on_error(self.net_) if warm else nullcontext():
             resume = None
             if warm:
                 net = self.net_
@@ -242,8 +242,10 @@ class TorchEstimatorMixin:
                 image_shape=image_shape, input_range=input_range,
                 channels_last=net.channels_last, device=net.device, rank=rank,
                 world_size=size, rows=rows)
+            # an out-of-memory retry restarts from the net as refreshed for this call
+            # (lr, device, ...): fit_net takes that state itself
             self.net_ = fit_net(net, data, seed, epochs=epochs, initialize=not warm,
-                                resume=resume, before=before)
+                                resume=resume)
         return self.net_
 
     # -- weights-only persistence ----------------------------------------------

@@ -279,14 +279,13 @@ def default_callbacks(verbose, callbacks):
 MIN_RETRY_BATCH_SIZE = 8
 
 
-def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None, before=None):
+def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None):
     """Train ``net`` on the :class:`~sklearn_cim._batching.TrainingSet` ``data``,
     initialised (and prepared) with torch's global RNG seeded by ``seed``; the
     global RNG is restored and training itself draws only from the fit's own
     generators, so fits in concurrent threads do not mix.
 
-    ``initialize=False`` continues training an initialised net (``before``: its
-    :class:`NetState` taken before this call, or None to take one here);
+    ``initialize=False`` continues training an initialised net;
     ``resume``: None, or a callable that loads a checkpoint into the new net once
     initialised (:class:`sklearn_cim._checkpoint.Resume`), for the epochs it had
     not done. On an out-of-memory error the batch
@@ -299,8 +298,7 @@ def fit_net(net, data, seed, *, epochs=None, initialize=True, resume=None, befor
     weights reached) with a warning; the net stays usable.
     """
     epochs = net.max_epochs if epochs is None else epochs
-    if not initialize and before is None:
-        before = NetState(net)
+    before = None if initialize else NetState(net)  # what a retry restarts from
     start = 0 if initialize else len(net.history)
     while True:
         with seeded_global_rng(seed, net.device):
@@ -371,11 +369,10 @@ class NetState:
 @contextmanager
 def restored_on_error(net):
     """Put a fitted ``net`` back as it was (:class:`NetState`) if the block
-    raises: training changes it in place. Yields the state taken, for
-    :func:`fit_net`'s out-of-memory retries."""
+    raises: training changes it in place."""
     before = NetState(net)
     try:
-        yield before
+        yield
     except BaseException:
         before.restore(net)
         raise

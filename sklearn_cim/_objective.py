@@ -130,8 +130,8 @@ def built_metric(distance, pretrained, device, seed, channels_last):
     every call, never cached.
     """
     key = metric_key(distance, pretrained, device, seed, channels_last)
-    if key is None:
-        return _build_metric(distance, pretrained, _normalised_device(device), None, False)
+    if key is None:  # draws nothing: no lock, no global RNG fork, on every step
+        return make_distance(distance, pretrained)
     return _cached_metric(*key)
 
 

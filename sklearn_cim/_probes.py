@@ -11,7 +11,6 @@ initial weights come from torch's global RNG seeded under the package's lock
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ._seeding import seeded_global_rng
 
@@ -26,17 +25,6 @@ def pooled(images, max_side):
         size = tuple(max(1, round(s * scale)) for s in images.shape[-2:])
         images = F.adaptive_avg_pool2d(images, size)
     return images
-
-
-class LinearProbe(nn.Module):
-    """Multinomial logistic regression on the flattened pixels."""
-
-    def __init__(self, n_features, n_classes):
-        super().__init__()
-        self.linear = nn.Linear(n_features, n_classes)
-
-    def forward(self, x):
-        return self.linear(x.flatten(1))
 
 
 def seeded_net(factory, seed):

@@ -157,7 +157,47 @@ def held_out_rows(y, groups, random_state):
         if len(members) >= 3:
             k = max(1, int(round(share * len(members))))
             held[rng.choice(members, size=k, replace=False)] = True
+    if held.sum() > MAX_HELD_OUT:  # many small parts, one image each: the cap holds
+        drop = rng.choice(np.flatnonzero(held), size=held.sum() - MAX_HELD_OUT, replace=False)
+        held[drop] = False
     return held
+
+
+def check_rows(held, y, most=MAX_TRAIN_ROWS):
+    """The rows the check reads: every held-out one and up to ``most`` of the
+    others, spread over each class in proportion to it (at least one each)."""
+    held, y = np.asarray(held, bool), np.asarray(y, np.int64)
+    train = np.flatnonzero(~held)
+    if len(train) > most:
+        kept = []
+        for c in np.unique(y[train]):
+            members = train[y[train] == c]
+            k = max(1, int(round(most * len(members) / len(train))))
+            kept.append(members[np.linspace(0, len(members) - 1, min(k, len(members)))
+                                .astype(np.int64)])
+        train = np.concatenate(kept)
+    return np.sort(np.concatenate([np.flatnonzero(held), train]))
+
+
+#: Every figure of a check, with what a check of an earlier version that lacks
+#: it reads (NaN: not measured).
+CHECK_FIGURES = dict(
+    retained=np.nan, nuisance_psi=np.nan, nuisance_x=np.nan, chance=np.nan,
+    retained_local=np.nan, nuisance_local_psi=np.nan, nuisance_local_x=np.nan,
+    balanced_accuracy=np.nan, balanced_accuracy_x=np.nan, balanced_accuracy_se=np.nan,
+    balanced_accuracy_cnn=np.nan, balanced_accuracy_cnn_x=np.nan,
+    balanced_accuracy_cnn_se=np.nan, n_images=0, n_train_images=0, seconds=np.nan,
+    erased_share=np.nan, erased_brightness=np.nan, other_brightness=np.nan,
+    worst_third="", worst_third_accuracy=np.nan, worst_third_accuracy_x=np.nan,
+    third_size=0)
+
+
+def complete_check(check):
+    """A check of an earlier version (a pickle, a weights file) with the figures
+    it lacks as :data:`CHECK_FIGURES` says (NaN), or None."""
+    if check is None:
+        return None
+    return Bunch(**{**CHECK_FIGURES, **dict(check)})
 
 
 def cell_balanced_accuracy(correct, cells):
@@ -165,20 +205,6 @@ def cell_balanced_accuracy(correct, cells):
     counts = np.bincount(cells)
     weight = 1.0 / counts[cells]
     return float(np.sum(weight * correct) / np.sum(weight))
-
-
-def cell_balanced_se(correct, cells):
-    """Binomial standard error of :func:`cell_balanced_accuracy` (a cell's
-    accuracy taken from its images; a cell of one image counts as p(1-p) with
-    the overall accuracy, not 0)."""
-    counts = np.bincount(cells)
-    present = counts > 0
-    hits = np.bincount(cells, weights=correct.astype(float))[present]
-    n = counts[present]
-    overall = cell_balanced_accuracy(correct, cells)
-    p = np.where(n > 1, hits / n, overall)
-    var = np.where(n > 1, p * (1 - p), overall * (1 - overall)) / n
-    return float(np.sqrt(var.sum()) / present.sum())
 
 
 def _codes(y, groups):
@@ -320,7 +346,9 @@ def removal_check(psi, x, y, groups, held_out, *, kept=None, random_state=0, dev
     Parameters
     ----------
     psi, x : ndarray of shape (n, C, H, W)
-        psi(x) and x in [0, 1], for the training images the check reads.
+        psi(x) and x in [0, 1], for the training images the check reads (at
+        any size: they are pooled to :data:`PROBE_SIDE` and
+        :data:`LINEAR_SIDE` here).
     y, groups : ndarray of int, shape (n,)
         Class and group codes.
     held_out : ndarray of bool, shape (n,)
@@ -359,9 +387,7 @@ def removal_check(psi, x, y, groups, held_out, *, kept=None, random_state=0, dev
     y, groups, cells = _codes(y, groups)
     held = np.asarray(held_out, bool)
     test = np.flatnonzero(held)
-    train = np.flatnonzero(~held)
-    if len(train) > MAX_TRAIN_ROWS:
-        train = train[np.linspace(0, len(train) - 1, MAX_TRAIN_ROWS).astype(np.int64)]
+    train = np.setdiff1d(check_rows(held, y), test)
     if len(test) == 0 or len(train) == 0:
         raise ValueError("the removal check needs held-out and training images")
     seed = int(np.random.RandomState(random_state).randint(2 ** 31 - 64))

@@ -184,8 +184,9 @@ def removal_score(estimator, X=None, y=None, *, metric="balanced_accuracy"):
     metric : {"balanced_accuracy", "balanced_accuracy_cnn", "removed"}, \
             default="balanced_accuracy"
         ``"balanced_accuracy"``: the estimated accuracy of a linear model on
-        psi(x) when every (class, group) cell weighs the same, as once the
-        nuisance no longer agrees with the label; ``"balanced_accuracy_cnn"``:
+        psi(x) once the nuisance no longer agrees with the label (on images the
+        mask did not train on, reweighted to a nuisance independent of the
+        label); ``"balanced_accuracy_cnn"``:
         the same for a CNN (choose the one of your downstream model).
         ``"removed"``: ``1 - retained``, the share of the nuisance's
         readability removed (NaN when x itself shows none). Pass it with

@@ -149,3 +149,19 @@ def test_an_out_of_memory_retry_of_a_continuation_starts_where_the_call_began(
     for (name, a), b in zip(est.net_.module_.state_dict().items(),
                             twin.net_.module_.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_an_out_of_memory_retry_keeps_what_the_call_set(images, tiny, monkeypatch):
+    """The retry restarts from the net as this call set it up: the learning
+    rate set since the fit, not the one in the optimizer state before."""
+    X, y = images
+    X = X.reshape(len(X), -1)
+    est, twin = _two("vib", tiny, X, y)
+    with monkeypatch.context() as patch:
+        patch.setattr(VIBModule, "forward", _oom_once_at_training_call(2)(VIBModule.forward))
+        with pytest.warns(RuntimeWarning, match="retrying with batch_size=8"):
+            est.set_params(warm_start=True, max_epochs=1, lr=1e-1).fit(X, y)
+    assert est.net_.optimizer_.param_groups[0]["lr"] == 1e-1
+    twin.net_.batch_size = 8
+    twin.set_params(warm_start=True, max_epochs=1, lr=1e-1, batch_size=8).fit(X, y)
+    np.testing.assert_array_equal(_output(est, X), _output(twin, X))

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
@@ -124,33 +125,72 @@ def test_the_held_out_images_are_a_share_of_each_class_and_side_of_the_shortcut(
 
 
 def test_a_fit_holds_the_checks_images_back_from_the_mask_network(nuisance_images, tiny,
-                                                                  monkeypatch):
-    import sklearn_cim._estimator as estimator_module
+                                                                  monkeypatch, fit_rows):
+    """The mask network never reads a held-out image (the rows its batches and
+    drawn pairs gather), and the check scores exactly those images."""
+    from sklearn_cim._networks import MaskNet
 
     X, y, groups = nuisance_images
-    trained, checked = [], []
-    real_set, real_check = estimator_module.TrainingSet, cim_module.removal_check
+    row_of = {X[i].tobytes(): i for i in range(len(X))}  # every image is distinct
+    read, checked = set(), []
+    real_forward, real_check = MaskNet.forward, cim_module.removal_check
 
-    def training_set(*args, **kwargs):
-        trained.append(kwargs.get("rows"))
-        return real_set(*args, **kwargs)
+    def forward(self, x, *args, **kwargs):  # the images the mask network trains on
+        if self.training:
+            read.update(row_of[im.tobytes()] for im in x.detach().contiguous().numpy())
+        return real_forward(self, x, *args, **kwargs)
 
     def check(psi, x, y_, g_, held_out, **kwargs):
         checked.append(np.asarray(held_out))
         return real_check(psi, x, y_, g_, held_out, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "TrainingSet", training_set)
+    monkeypatch.setattr(MaskNet, "forward", forward)
     monkeypatch.setattr(cim_module, "removal_check", check)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RemovalWarning)
         cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
-    (rows,), (held,) = trained, checked
-    assert held.sum() == cim.removal_check_.n_images > 0
-    np.testing.assert_array_equal(np.sort(rows), np.flatnonzero(~held))  # never trained on
+    held = ~fit_rows(y, groups, tiny["random_state"])
+    np.testing.assert_array_equal(cim.held_out_, held)
+    assert held.any() and read == set(np.flatnonzero(~held).tolist())  # never a held-out row
+    (scored,) = checked  # the check's rows are all the fit's rows here (48 < 2,048)
+    np.testing.assert_array_equal(scored, held)
+    assert cim.removal_check_.n_images == held.sum()
+    # a warm fit of the same images holds back the same ones
+    cim.set_params(warm_start=True, random_state=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RemovalWarning)
+        cim.fit(X, y, groups=groups)
+    np.testing.assert_array_equal(cim.held_out_, held)
     # the paper's objective and partial_fit train on every image
-    trained.clear()
+    read.clear()
     CIMTransformer(**tiny).partial_fit(X, y, groups=groups)
-    assert trained == [None]
+    assert read == set(range(len(y)))
+
+
+def test_a_fit_that_cannot_be_checked_says_so(tiny):
+    """Too few images to hold any back, or a continuation of a mask that saw
+    every image: the fit trains on every image and says it was not checked."""
+    rng = np.random.RandomState(0)
+    X = rng.rand(8, 3, 8, 8).astype(np.float32)
+    y, groups = np.repeat([0, 1], 4), np.array([0, 0, 1, 1, 1, 1, 0, 0])
+    with pytest.warns(RemovalWarning, match="did not run: no image could be held back"):
+        cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
+    assert cim.removal_check_ is None and cim.held_out_ is None
+    x, _, y, groups = _marked(n=60)
+    streamed = CIMTransformer(**tiny).partial_fit(x, y, groups=groups)
+    with pytest.warns(RemovalWarning, match="did not run: this fit continues a mask that has"):
+        streamed.set_params(warm_start=True).fit(x, y, groups=groups)
+    assert streamed.removal_check_ is None
+
+
+def test_a_soft_mask_without_a_cut_has_no_erased_images(nuisance_images, tiny):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RemovalWarning)
+        cim = _fit(nuisance_images, tiny, hard_mask=False, mask_threshold=None)
+    assert np.isnan(cim.removal_check_.erased_share)  # it keeps every pixel, however dim
+    cut = _fit(nuisance_images, tiny, hard_mask=False, mask_threshold=np.float32(0.5))
+    assert 0 <= cut.removal_check_.erased_share <= 1
+    assert type(cut.mask_threshold_) is float  # saved as JSON with the weights
 
 
 def _fit(nuisance_images, tiny, **params):
@@ -229,21 +269,23 @@ def test_removal_score_reads_the_check_of_a_pipeline(nuisance_images, tiny):
 
 
 def test_removal_score_ranks_a_search(nuisance_images, tiny):
-    """GridSearchCV with the scorer picks the candidate with the best check; one
-    split is enough (the scorer reads the check, not the validation images)."""
+    """GridSearchCV scored by the check: one split is enough (the scorer reads the
+    check, not the validation images), and each score is that candidate's own
+    check, as a fit with its parameters measures it."""
     X, y, groups = nuisance_images
     X = X.reshape(len(X), -1)
-    search = GridSearchCV(
-        Pipeline([("cim", CIMTransformer(image_shape=(3, 8, 8), **tiny)),
-                  ("clf", LogisticRegression())]),
-        {"cim__mask_weight": [0.0, 1.0]}, cv=[(np.arange(len(y)), np.arange(2))],
-        scoring=removal_score, refit=False)
+    pipe = Pipeline([("cim", CIMTransformer(image_shape=(3, 8, 8), **tiny)),
+                     ("clf", LogisticRegression())])
+    grid = {"cim__mask_weight": [0.0, 1.0]}
+    search = GridSearchCV(pipe, grid, cv=[(np.arange(len(y)), np.arange(2))],
+                          scoring=removal_score, refit=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RemovalWarning)
         search.fit(X, y, cim__groups=groups)
-    scores = search.cv_results_["mean_test_score"]
-    assert np.all((scores >= 0) & (scores <= 1))
-    assert search.best_index_ == int(np.argmax(scores))
+        for i, params in enumerate(search.cv_results_["params"]):
+            alone = clone(pipe).set_params(**params).fit(X, y, cim__groups=groups)
+            assert (search.cv_results_["split0_test_score"][i]
+                    == alone.named_steps["cim"].removal_check_.balanced_accuracy)
 
 
 def test_check_survives_save_and_load(nuisance_images, tiny, tmp_path):
@@ -300,3 +342,21 @@ def test_a_fit_without_groups_says_what_it_trains(nuisance_images, tiny):
         with warnings.catch_warnings():
             warnings.simplefilter("error", PaperObjectiveWarning)
             fit()
+
+
+def test_a_check_of_an_earlier_version_reads_nan_for_the_figures_it_lacks(nuisance_images,
+                                                                          tiny):
+    import pickle
+
+    from sklearn.utils import Bunch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RemovalWarning)
+        cim = _fit(nuisance_images, tiny)
+    cim.removal_check_ = Bunch(retained=0.1, nuisance_psi=0.4, nuisance_x=0.9, chance=0.5,
+                               balanced_accuracy=0.8, balanced_accuracy_x=0.7,
+                               balanced_accuracy_se=0.05, n_images=40)  # as 0.1 wrote it
+    del cim.held_out_
+    loaded = pickle.loads(pickle.dumps(cim))
+    assert removal_score(loaded) == 0.8
+    assert np.isnan(removal_score(loaded, metric="balanced_accuracy_cnn"))
+    assert loaded.held_out_ is None
