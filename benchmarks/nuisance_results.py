@@ -443,6 +443,10 @@ def main(argv=None):
     parser.add_argument("--cim", type=json.loads, default={},
                         help='extra CIMTransformer parameters as JSON, e.g. \'{"mining": "hard"}\'')
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-holdout", action="store_true",
+                        help="group-aware fits train the mask on every image, as before 0.3 "
+                             "(no image held back: no removal check); to measure what the "
+                             "check's hold-out costs")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (e.g. 1 per process when running two)")
     parser.add_argument("--out", help="append the JSON lines to this file")
@@ -472,6 +476,9 @@ def main(argv=None):
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_holdout:  # a fit that can hold no image back trains on all of them
+        import sklearn_cim._cim
+        sklearn_cim._cim.held_out_rows = lambda y, groups, seed: np.zeros(len(y), dtype=bool)
     # Small logistic regressions: multi-threaded BLAS only fights torch for the cores.
     threadpool_limits(1, user_api="blas")
 
@@ -507,6 +514,10 @@ def main(argv=None):
                         image_size=int(data.X_train.shape[-1]),
                         p_train=args.p_train, cim=args.cim, pretrained=pretrained,
                         dataset="mnist" if args.mnist else "digits")
+            if args.no_holdout:
+                tags["holdout"] = False
+            if args.group_epochs:
+                tags["group_epochs"] = args.group_epochs
             if args.ablation:
                 run(data, cim_params, vib_params, ("ERM", "oracle"), emit, **tags)
                 for name, extra in ABLATION.items():
