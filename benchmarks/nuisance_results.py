@@ -444,7 +444,7 @@ def main(argv=None):
                         help='extra CIMTransformer parameters as JSON, e.g. \'{"mining": "hard"}\'')
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-holdout", action="store_true",
-                        help="group-aware fits train the mask on every image, as before 0.3 "
+                        help="group-aware fits train the mask on every image, as 0.1 did "
                              "(no image held back: no removal check); to measure what the "
                              "check's hold-out costs")
     parser.add_argument("--threads", type=int, default=None,
