@@ -78,6 +78,8 @@ class TrainingSet(torch.utils.data.Dataset):
         self.device = torch.device(device if device is not None else
                                    (y.device if self.host else X.device))
         self.generator = torch.Generator(device=self.device)
+        # each row's chance of being drawn, or None: every row once per pass
+        self.sampling_weights = None
 
     def __len__(self):
         return len(self.X) if self.rows is None else len(self.rows)
@@ -115,7 +117,10 @@ class IndexBatches:
     ``iterator_train``, called as ``IndexBatches(dataset, batch_size=...)``;
     yields ``(images, Targets)``.
 
-    Each pass draws one permutation from the dataset's ``generator``. A host
+    Each pass draws one permutation from the dataset's ``generator``, or, when
+    the dataset has ``sampling_weights`` (one per row), as many rows drawn
+    with replacement with those weights (e.g. every (class, group) cell as
+    often). A host
     array is gathered batch by batch and copied to the device (through pinned
     memory, the next batch gathered in a background thread, when
     ``prefetch``), and only then converted to [0, 1];
@@ -142,7 +147,12 @@ class IndexBatches:
 
     def _order(self):
         n = len(self.dataset)
-        order = torch.randperm(n, generator=self.generator, device=self.generator.device)
+        weights = self.dataset.sampling_weights
+        if weights is not None and n:
+            order = torch.multinomial(weights.to(self.generator.device, torch.float64), n,
+                                      replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(n, generator=self.generator, device=self.generator.device)
         if self.world_size > 1 and n:
             total = self._shard_size() * self.world_size
             order = order.repeat(-(-total // n))[:total][self.rank::self.world_size]

@@ -42,6 +42,7 @@ class CIMObjective:
     group_triplets: bool
     invariance_weight: float
     hard_mask: bool
+    gate_mask: bool = False
 
     def __setstate__(self, state):
         # pickled before the invariance term and hard masks: the objective then;
@@ -66,6 +67,37 @@ def group_mean_gap(diff, groups, valid, half):
     both = (n_first > 0) & (n_second > 0)
     share = (n_first + n_second) / valid.sum().clamp_min(1)
     return ((mean_first * mean_second).sum(1) * share * both).sum()
+
+
+#: The head's accuracy on psi(x), as a share of the way from chance to perfect,
+#: at which the mask-side terms weigh in full (:func:`head_gate`).
+GATE_LEVEL = 0.5
+
+
+def head_gate(logits, y, weights=None):
+    """How far the head reads the classes from psi(x) in this batch, in [0, 1]:
+    its accuracy (weighted by ``weights`` per row, e.g. each row's (class,
+    group) cell weight) above chance, over :data:`GATE_LEVEL` of the way from
+    chance (1 / n_classes) to 1; no gradient.
+
+    The mask-side terms (sparsity, invariance) are multiplied by it (unless
+    ``sklearn_cim._cim.GATE_MASK`` is False: 0.1's objective). Both are
+    smallest at psi(x) = 0, and before the head reads anything its
+    cross-entropy cannot pull back: a mask closed then stays closed (a
+    collapse: the head's loss stuck at ln(n_classes)). Gated, they start when
+    the head reads the classes from psi(x); they also wait as long as the
+    head takes to learn (epochs, with few images in the cells where the
+    nuisance disagrees). The gate cannot reopen a mask that closed later
+    (e.g. under a large lr): the collapse warning says so.
+    """
+    with torch.no_grad():
+        correct = (logits.argmax(1) == y).to(torch.float32)
+        if weights is None:
+            accuracy = correct.mean()
+        else:
+            accuracy = (correct * weights).sum() / weights.sum().clamp_min(1e-12)
+        chance = 1.0 / logits.shape[1]
+        return ((accuracy - chance) / (GATE_LEVEL * (1.0 - chance))).clamp(0.0, 1.0)
 
 
 #: How many built metrics :func:`built_metric` keeps (least recently used dropped).
@@ -182,8 +214,12 @@ class CIMNet(TorchNet):
         self.cell_weights_ = self.pair_table_ = None
         if X.groups is not None:
             self.n_cell_groups_ = int(X.groups.max()) + 1
+            weights = cell_weights(X.y, X.groups, self.n_cell_groups_)
             if obj.group_weighting == "balanced":
-                self.cell_weights_ = cell_weights(X.y, X.groups, self.n_cell_groups_)
+                self.cell_weights_ = weights
+            elif obj.group_weighting == "resampled":
+                # every (class, group) cell drawn as often, each row by its cell's weight
+                X.sampling_weights = weights[X.y * self.n_cell_groups_ + X.groups]
             if (obj.group_triplets and obj.triplet_weight > 0) or obj.invariance_weight > 0:
                 self.pair_table_ = PairTable(X.y, X.groups)
 
@@ -222,8 +258,13 @@ class CIMNet(TorchNet):
                 terms["kl"] = (obj.classifier_weight * obj.head_beta, gaussian_kl(mu, sigma))
         else:
             logits = head_out
+        gate = 1.0
         if obj.classifier_weight > 0:
             terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, groups))
+            if getattr(obj, "gate_mask", False) and (obj.mask_weight > 0
+                                                     or obj.invariance_weight > 0):
+                gate = head_gate(logits, y_true, self.row_weights(y_true, groups))
+                terms["mask_gate"] = (0.0, gate)  # logged only
         positives = None
         if groups is not None and self.pair_table_ is not None:
             # one same-class, other-group image per anchor (rows, valid, images), drawn
@@ -234,11 +275,19 @@ class CIMNet(TorchNet):
             terms["triplet"] = (obj.triplet_weight,
                                 self.triplet_term(psi, X, y_true, groups, positives))
         if positives is not None and obj.invariance_weight > 0:
-            terms["invariance"] = (obj.invariance_weight,
+            terms["invariance"] = (obj.invariance_weight * gate,
                                    self.invariance_term(psi, groups, positives))
         if obj.mask_weight > 0:
-            terms["mask"] = (obj.mask_weight, mask.mean())
+            terms["mask"] = (obj.mask_weight * gate, mask.mean())
         return terms
+
+    def row_weights(self, y, groups):
+        """Each row's (class, group) cell weight, or None (no groups, or
+        unweighted)."""
+        weights = getattr(self, "cell_weights_", None)
+        if groups is None or weights is None:
+            return None
+        return weights[y * self.n_cell_groups_ + groups]
 
     def cross_entropy(self, logits, y, groups=None):
         """The head's cross-entropy; with groups and balanced weighting, each

@@ -88,6 +88,22 @@ def group_fit_rows(y, groups, random_state):
     return ~held_out_rows(y, groups, seed)
 
 
+def gated_mean_of(history, epoch, name):
+    """What a mask-side term ``name`` added to an epoch's logged loss, before
+    its weight: the batch-size-weighted mean of ``train_mask_gate * train_<name>``
+    over the epoch's batches (see ``sklearn_cim._objective.head_gate``)."""
+    batches = history[epoch, "batches"]
+    gate = np.array([b["train_mask_gate"] for b in batches])
+    term = np.array([b["train_" + name] for b in batches])
+    sizes = np.array([b["train_batch_size"] for b in batches])
+    return float(np.average(gate * term, weights=sizes))
+
+
+@pytest.fixture
+def gated_mean():
+    return gated_mean_of
+
+
 @pytest.fixture
 def fit_rows():
     return group_fit_rows

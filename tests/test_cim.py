@@ -43,7 +43,7 @@ def test_rgb_rows_and_per_channel_masks(tiny):
     assert not np.allclose(m[:, 0], m[:, 1])  # channels get their own masks
 
 
-def test_history_records_each_term_per_epoch(images, tiny):
+def test_history_records_each_term_per_epoch(images, tiny, gated_mean):
     X, y = images
     cim = CIMTransformer(**{**tiny, "max_epochs": 3, "mask_weight": 0.1}).fit(X, y)
     hist = cim.history_
@@ -51,8 +51,11 @@ def test_history_records_each_term_per_epoch(images, tiny):
     for key in ("train_loss", "train_ce", "train_triplet", "train_mask"):
         values = hist[:, key]
         assert len(values) == 3 and all(np.isfinite(values))
+    # the mask term is weighted by each batch's gate (head_gate)
+    gated = [gated_mean(hist, e, "mask") for e in range(3)]
+    assert all(0 <= g <= 1 for g in hist[:, "train_mask_gate"])
     expected = (np.array(hist[:, "train_ce"]) + np.array(hist[:, "train_triplet"])
-                + 0.1 * np.array(hist[:, "train_mask"]))
+                + 0.1 * np.array(gated))
     np.testing.assert_allclose(hist[:, "train_loss"], expected, rtol=1e-4)
 
 

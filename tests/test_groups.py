@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
+from skorch.callbacks import Callback
 
 from sklearn_cim import CIMTransformer, RemovalWarning
 from sklearn_cim._cim import AUTO_INVARIANCE_WEIGHT, AUTO_MASK_WEIGHT
@@ -61,6 +62,42 @@ def test_cell_weights_give_every_cell_the_same_total():
     totals = torch.zeros(4).index_add_(0, classes * 2 + groups, w)
     torch.testing.assert_close(totals[:3], torch.full((3,), 8 / 3))
     assert torch.isclose(w.mean(), torch.tensor(1.0))
+
+
+class _BatchGroups(Callback):
+    """Records the (class, group) cell of every training row drawn, and whether
+    the head's cross-entropy was weighted."""
+
+    def __init__(self):
+        self.cells, self.weighted = [], []
+
+    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+        if training:
+            targets = batch[1]
+            self.cells.append((targets.classes * 2 + targets.groups).cpu().numpy())
+            self.weighted.append(net.cell_weights_ is not None)
+
+
+@pytest.mark.parametrize("weighting", ["resampled", "balanced"])
+def test_resampled_draws_every_cell_as_often(nuisance_images, tiny, fit_rows, weighting):
+    """group_weighting="resampled" draws the training rows of each (class,
+    group) cell equally often (with replacement; the head's CE unweighted);
+    "balanced" draws each row once per epoch and weights the CE instead."""
+    X, y, groups = nuisance_images
+    seen = _BatchGroups()
+    CIMTransformer(**{**tiny, "max_epochs": 40}, group_weighting=weighting,
+                   triplet_weight=0.0, callbacks=[seen]).fit(X, y, groups=groups)
+    cells = np.concatenate(seen.cells)
+    drawn = np.bincount(cells, minlength=4) / len(cells)
+    rows = fit_rows(y, groups, tiny["random_state"])
+    share = np.bincount(y[rows] * 2 + groups[rows], minlength=4) / rows.sum()
+    assert share.min() < 0.15  # the disagreeing cells are small
+    if weighting == "resampled":
+        np.testing.assert_allclose(drawn, 0.25, atol=0.04)
+        assert not any(seen.weighted)  # the CE is not weighted as well
+    else:
+        np.testing.assert_allclose(drawn, share, atol=1e-9)
+        assert all(seen.weighted)
 
 
 def test_balanced_cross_entropy_uses_the_cell_weights(nuisance_images, tiny):
@@ -394,7 +431,9 @@ def test_without_routing_groups_reach_the_cim_as_a_step_parameter(nuisance_image
 def test_auto_threshold_survives_save_and_load(nuisance_images, tiny, tmp_path):
     # a strong sparsity pressure pushes masks under the auto threshold (0.2)
     X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny, mask_weight=5.0, lr=0.1).fit(X, y, groups=groups)
+    # three epochs: the head learns first (the gate), then the mask cuts
+    cim = CIMTransformer(**{**tiny, "max_epochs": 3}, mask_weight=5.0, lr=0.1).fit(
+        X, y, groups=groups)
     assert (cim.masks(X) == 0).any()  # the cut applies
     path = tmp_path / "cim.pt"
     cim.save_params(path)
@@ -429,8 +468,11 @@ def test_warm_calls_encode_groups_as_the_first_fit(nuisance_images, tiny):
     assert cim.group_labels_.tolist() == ["blue", "red", "green"]
 
 
-def test_a_mask_that_cuts_every_pixel_warns(nuisance_images, tiny):
-    # a sparsity pressure that wins outright: after the 0.2 cut, psi(x) is all zero
+def test_a_mask_that_cuts_every_pixel_warns(nuisance_images, tiny, monkeypatch):
+    # a sparsity pressure that wins outright: psi(x) is all zero (ungated, as a
+    # model fitted before the gate and continued trains)
+    import sklearn_cim._cim
+    monkeypatch.setattr(sklearn_cim._cim, "GATE_MASK", False)
     X, y, groups = nuisance_images
     params = dict(tiny, max_epochs=8, mask_weight=50.0, lr=0.1)
     with pytest.warns(ConvergenceWarning, match="mask keeps 0.0% of the pixels"):
@@ -485,7 +527,7 @@ def test_group_mean_gap_by_hand():
                                 torch.tensor([True, True, False, False]))) == 0.0
 
 
-def test_invariance_weight_enters_the_loss(nuisance_images, tiny):
+def test_invariance_weight_enters_the_loss(nuisance_images, tiny, gated_mean):
     X, y, groups = nuisance_images
     without = CIMTransformer(**tiny, invariance_weight=0.0).fit(X, y, groups=groups)
     assert "train_invariance" not in without.history_[-1]
@@ -493,8 +535,10 @@ def test_invariance_weight_enters_the_loss(nuisance_images, tiny):
     net = cim.net_
     assert net.objective.invariance_weight == 7.0
     h = cim.history_[-1]
-    weighted = sum(h["train_" + k] * w for k, w in (
-        ("ce", 1.0), ("triplet", 1.0), ("mask", 0.3), ("invariance", 7.0)))
+    # the mask-side terms are weighted by each batch's gate (head_gate)
+    weighted = (h["train_ce"] + h["train_triplet"]
+                + sum(gated_mean(cim.history_, -1, k) * w
+                      for k, w in (("mask", 0.3), ("invariance", 7.0))))
     assert h["train_loss"] == pytest.approx(weighted, rel=1e-4)
 
 

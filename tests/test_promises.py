@@ -96,7 +96,7 @@ def _fit_history(est, X, y, **fit_params):
 
 # -- the objective -----------------------------------------------------------------
 
-def test_loss_weights_enter_the_trained_loss(images, tiny):
+def test_loss_weights_enter_the_trained_loss(images, tiny, gated_mean):
     """The trained (and logged) loss is the weighted sum of the logged terms,
     with each weight where the docstring puts it (the KL of the "vib" head
     weighs classifier_weight * head_beta)."""
@@ -107,7 +107,9 @@ def test_loss_weights_enter_the_trained_loss(images, tiny):
     ce, tri, mask, kl = (np.array(h[:, k]) for k in ("train_ce", "train_triplet",
                                                      "train_mask", "train_kl"))
     assert (tri > 0).all() and (kl > 0).all()  # every term is in play
-    expected = 0.7 * ce + 1.3 * tri + 0.4 * mask + 0.7 * 0.05 * kl
+    # the mask term is weighted by each batch's gate (head_gate)
+    gated = np.array([gated_mean(h, e, "mask") for e in range(len(h))])
+    expected = 0.7 * ce + 1.3 * tri + 0.4 * gated + 0.7 * 0.05 * kl
     np.testing.assert_allclose(h[:, "train_loss"], expected, rtol=1e-4)
 
 

@@ -210,7 +210,7 @@ def test_a_hard_mask_that_kept_every_pixel_says_nothing_was_removed(nuisance_ima
     np.testing.assert_array_equal(cim.transform(X), X)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cut = _fit(nuisance_images, tiny, max_epochs=40, mask_weight=3.0, lr=3e-2)
+        cut = _fit(nuisance_images, tiny, max_epochs=10, mask_weight=3.0, lr=3e-2)
     assert 0 < (cut.masks(X) > 0).mean() < 1
     assert not any("nothing was removed" in str(w.message) for w in caught)
 
