@@ -447,6 +447,9 @@ def main(argv=None):
                         help="group-aware fits train the mask on every image, as 0.1 did "
                              "(no image held back: no removal check); to measure what the "
                              "check's hold-out costs")
+    parser.add_argument("--no-gate", action="store_true",
+                        help="the mask-side terms do not wait for the head, as in 0.1 "
+                             "(sklearn_cim._cim.GATE_MASK); to measure what the gate does")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (e.g. 1 per process when running two)")
     parser.add_argument("--out", help="append the JSON lines to this file")
@@ -479,6 +482,9 @@ def main(argv=None):
     if args.no_holdout:  # a fit that can hold no image back trains on all of them
         import sklearn_cim._cim
         sklearn_cim._cim.held_out_rows = lambda y, groups, seed: np.zeros(len(y), dtype=bool)
+    if args.no_gate:
+        import sklearn_cim._cim
+        sklearn_cim._cim.GATE_MASK = False
     # Small logistic regressions: multi-threaded BLAS only fights torch for the cores.
     threadpool_limits(1, user_api="blas")
 
@@ -516,6 +522,10 @@ def main(argv=None):
                         dataset="mnist" if args.mnist else "digits")
             if args.no_holdout:
                 tags["holdout"] = False
+            if args.no_gate:
+                tags["gate"] = False
+            if args.group_cim:
+                tags["group_cim"] = args.group_cim
             if args.group_epochs:
                 tags["group_epochs"] = args.group_epochs
             if args.ablation:
