@@ -292,11 +292,11 @@ class CIMNet(TorchNet):
     def cross_entropy(self, logits, y, groups=None):
         """The head's cross-entropy; with groups and balanced weighting, each
         sample weighted by its (class, group) cell."""
-        weights = getattr(self, "cell_weights_", None)
-        if groups is None or weights is None:
+        weights = self.row_weights(y, groups)
+        if weights is None:
             return self.criterion_(logits, y)
         per_sample = torch.nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        return (per_sample * weights[y * self.n_cell_groups_ + groups]).mean()
+        return (per_sample * weights).mean()
 
     def invariance_term(self, psi, groups, positives):
         """How far psi(x) of each group is, on average, from psi of same-class

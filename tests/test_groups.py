@@ -531,10 +531,13 @@ def test_invariance_weight_enters_the_loss(nuisance_images, tiny, gated_mean):
     X, y, groups = nuisance_images
     without = CIMTransformer(**tiny, invariance_weight=0.0).fit(X, y, groups=groups)
     assert "train_invariance" not in without.history_[-1]
-    cim = CIMTransformer(**tiny, invariance_weight=7.0).fit(X, y, groups=groups)
+    # three epochs: the head reads the classes, so the gate lets the term in
+    cim = CIMTransformer(**{**tiny, "max_epochs": 3}, invariance_weight=7.0).fit(
+        X, y, groups=groups)
     net = cim.net_
     assert net.objective.invariance_weight == 7.0
     h = cim.history_[-1]
+    assert h["train_mask_gate"] > 0.5 and h["train_invariance"] > 0
     # the mask-side terms are weighted by each batch's gate (head_gate)
     weighted = (h["train_ce"] + h["train_triplet"]
                 + sum(gated_mean(cim.history_, -1, k) * w
