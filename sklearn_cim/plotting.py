@@ -155,7 +155,8 @@ def plot_history(estimator, keys=None):
     keys : list of str or None, default=None
         History keys to plot, one axes each. None plots ``train_loss`` and the
         other per-epoch loss terms recorded (``train_ce``, ``train_triplet``,
-        ``train_mask``, ``train_kl``, any ``valid_*``), without the ``*_best``
+        ``train_mask``, ``train_kl``, the gate ``train_mask_gate``, any
+        ``valid_*``), without the ``*_best``
         flags and batch counts.
 
     Returns

@@ -113,7 +113,8 @@ def test_plot_history(rgb, pipe, cim3):
     assert [ax.get_title() for ax in plot_history(pipe).axes][0] == "train_loss"
     vib = CIMTransformer(**{**CIM, "head": "vib", "mask_weight": 0.1}).fit(X, y)
     assert {ax.get_title() for ax in plot_history(vib).axes} == {
-        "train_loss", "train_ce", "train_triplet", "train_mask", "train_kl"}
+        "train_loss", "train_ce", "train_triplet", "train_mask", "train_kl",
+        "train_mask_gate"}
 
 
 def test_plot_history_errors(rgb, cim3):
