@@ -656,9 +656,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
                 state["mask_threshold"] = 0.2 if aware else None
             if state.get("mask_weight") == "auto":
                 state["mask_weight"] = 1.0 if aware else 0.0
-        if "net_" in state:
-            state.setdefault("gate_mask_", False)  # fitted before the gate: continued without
-        if "net_" in state:  # fitted before the hold-out and the check's new figures
+        if "net_" in state:  # fitted before the gate, the hold-out, the check's new figures
+            state.setdefault("gate_mask_", False)  # continued without the gate
             state.setdefault("held_out_", None)
             state["removal_check_"] = complete_check(state.get("removal_check_"))
         if "net_" in state and "hard_mask_" not in state:

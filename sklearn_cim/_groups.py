@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from ._networks import LocalCueClassifier
 from ._probes import pooled, predict_rows, seeded_net, train_probe
 
-GROUP_WEIGHTINGS = ("resampled", "balanced", "none")
+GROUP_WEIGHTINGS = ("balanced", "resampled", "none")
 INFER_GROUPS = ("local", "linear", "errors")
 #: Regularisation of the linear bias proxy (a deliberately weak linear model:
 #: it learns the simplest feature, which is what a spurious one often is).

@@ -261,8 +261,7 @@ class CIMNet(TorchNet):
         gate = 1.0
         if obj.classifier_weight > 0:
             terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, groups))
-            if getattr(obj, "gate_mask", False) and (obj.mask_weight > 0
-                                                     or obj.invariance_weight > 0):
+            if obj.gate_mask and (obj.mask_weight > 0 or obj.invariance_weight > 0):
                 gate = head_gate(logits, y_true, self.row_weights(y_true, groups))
                 terms["mask_gate"] = (0.0, gate)  # logged only
         positives = None
