@@ -11,7 +11,8 @@ Rows: ERM (LR on pixels), ERM CNN, oracle CNN, group CIM -> LR, group CIM -> CNN
 oracle (LR), with OOD and worst-group accuracy, the fit's wall time and the
 process's peak resident memory after it; for the CIM rows, the removal check and
 its warnings, and the share of test images whose digit the mask keeps (half of
-its pixels or more).
+its pixels or more), over all of them and over the brightest and the darkest
+quarter of the scenes.
 One process per seed (``--jobs`` at a time), JSON lines to ``--out``::
 
     python benchmarks/own_images_64px.py --mnist ../shared/data/mnist --jobs 1 \\
@@ -21,7 +22,9 @@ One process per seed (``--jobs`` at a time), JSON lines to ``--out``::
         --summarise benchmarks/results/2026-12-06-cpu-own-images-64px.jsonl
 
 ``--cim`` sets CIMTransformer parameters over :data:`CIM` (JSON); ``--models``
-keeps only the named CNN rows (tuning runs: ``--models none``).
+keeps only the named CNN and CIM rows (tuning runs: ``--models "group CIM -> LR"``);
+``--figures DIR`` saves x, m and psi(x) of 12 test images per CIM fit (the six
+on the brightest scenes first).
 """
 
 import argparse
@@ -115,6 +118,31 @@ def _placed(ink):
     return out
 
 
+def kept_by_brightness(masks, obj, X):
+    """The share of test images whose digit the mask keeps (half of its pixels
+    or more) among the brightest and the darkest quarter of the scenes
+    (``object_kept_bright``, ``object_kept_dark``)."""
+    from nuisance_results import object_kept
+    scene = (X.mean(1) * ~obj).reshape(len(X), -1).sum(1) / (~obj).reshape(len(X), -1).sum(1)
+    bright, dark = scene >= np.quantile(scene, 0.75), scene <= np.quantile(scene, 0.25)
+    return dict(object_kept_bright=object_kept(masks[bright], obj[bright]),
+                object_kept_dark=object_kept(masks[dark], obj[dark]))
+
+
+def save_figure(cim, X, folder, name):
+    """x, m and psi(x) of 12 test images: the 6 on the brightest scenes first,
+    then the first 6 others, to ``folder/name.png``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from sklearn_cim.plotting import plot_masks
+    os.makedirs(folder, exist_ok=True)
+    order = np.argsort(-X.mean(axis=(1, 2, 3)))
+    rows = np.concatenate([order[:6], np.setdiff1d(np.arange(len(X)), order[:6])[:6]])
+    fig = plot_masks(cim, X[rows], n=len(rows))
+    fig.suptitle(name)
+    fig.savefig(os.path.join(folder, name + ".png"), dpi=80)
+
+
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -177,7 +205,11 @@ def run_seed(args):
         kept = cim.masks(d.X_test_ood)
         facts = dict(check_facts(cim, caught, cim_s), mask_mean=float(kept.mean()),
                      mask_object=float(kept[:, 0][obj].mean()),
-                     object_kept=object_kept(kept[:, 0], obj))
+                     object_kept=object_kept(kept[:, 0], obj),
+                     **kept_by_brightness(kept[:, 0], obj, d.X_test_ood))
+        if args.figures:
+            save_figure(cim, d.X_test_ood, args.figures,
+                        f"{prefix.replace(' ', '-')}-seed{args.seed}")
         if want(prefix + " -> LR"):
             predict, s = lr(psi_train, d.y_train)
             emit(prefix + " -> LR", predict, psi_ood, cim_s + s, **facts)
@@ -208,7 +240,17 @@ def summarise(path):
     print(f"\nseeds {sorted({r['seed'] for r in rows})}; ERM -> oracle gap closed on the mean OOD")
 
 
-def main(argv=None):
+def child_command(args, seed):
+    """The command line running ``seed`` in its own process, with every setting
+    of ``args`` that shapes a run."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--mnist", args.mnist, "--out",
+           args.out, "--n-train", str(args.n_train), "--n-test", str(args.n_test),
+           "--threads", str(args.threads), "--cim", args.cim, "--seed", str(seed)]
+    cmd += ["--figures", args.figures] if args.figures else []
+    return cmd + (["--models", *args.models] if args.models else [])
+
+
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mnist")
     p.add_argument("--out")
@@ -220,20 +262,22 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--cim", default="{}", help="JSON: CIMTransformer settings over CIM")
     p.add_argument("--models", nargs="+", help="only these rows (default: all)")
+    p.add_argument("--figures", help="a folder for one mask picture per CIM fit")
     p.add_argument("--summarise")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
     if args.summarise:
         return summarise(args.summarise)
     if args.seed is not None:
         return run_seed(args)
     from concurrent.futures import ThreadPoolExecutor
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(args.threads))
-    base = [sys.executable, os.path.abspath(__file__), "--mnist", args.mnist, "--out",
-            args.out, "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-            "--threads", str(args.threads), "--cim", args.cim]
     start = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda s: subprocess.run(base + ["--seed", str(s)], env=env, check=True),
+        list(pool.map(lambda s: subprocess.run(child_command(args, s), env=env, check=True),
                       args.seeds))
     print(f"wall time {time.perf_counter() - start:.0f} s")
     summarise(args.out)
