@@ -77,7 +77,7 @@ AUTO_MASK_WEIGHT = 0.3
 AUTO_INVARIANCE_WEIGHT = 3.0
 
 
-#: The mask-side terms wait for the head (``sklearn_cim._objective.head_gate``);
+#: The sparsity term waits for the head (``sklearn_cim._objective.head_gate``);
 #: False trains 0.1's objective (the benchmarks' ``--no-gate``).
 GATE_MASK = True
 
@@ -144,11 +144,13 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     (``hard_mask="auto"``): each pixel is kept whole or set to 0, in training
     (a straight-through gradient) as at transform, since a dimmed colour is
     still a colour to a linear model; (5) ``mask_weight="auto"`` puts a
-    sparsity weight of 0.3 on the mask. The mask-side terms (sparsity and
-    invariance, both smallest at psi(x) = 0) are weighted in each batch by how
-    well the head reads the classes from psi(x) there (0 at chance, 1 halfway
-    from chance to perfect): they cannot close the mask before the head has
-    learned the classes (``history_``'s ``train_mask_gate``).
+    sparsity weight of 0.3 on the mask. The sparsity term (smallest at
+    psi(x) = 0) is weighted in each batch by how well the head reads the
+    classes from psi(x) there (0 at chance, 1 halfway from chance to perfect):
+    it cannot close the mask before the head has learned the classes
+    (``history_``'s ``train_mask_gate``). The invariance term is not gated:
+    it removes only what differs between groups, and removing it early is what
+    lets the head learn the classes.
 
     Parameters
     ----------
@@ -211,7 +213,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         images in proportion to ``1 / k``), and the losses are unweighted.
         With few images in the cells where the nuisance disagrees, the few
         heavily weighted rows of ``"balanced"`` make the head's gradient so
-        noisy that it can stay at chance for epochs (the mask-side terms wait
+        noisy that it can stay at chance for epochs (the sparsity term waits
         for it, see above); ``"resampled"`` learns the classes in the first epoch,
         but in our measurements it thinned the object more and did not close
         more of the gap (see the docs' Results). ``"none"``: each row once,
@@ -354,7 +356,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         These four are decided by each ``fit`` and read by ``transform``;
         ``set_params`` after a fit changes the next fit, not ``transform``.
     gate_mask_ : bool
-        Whether the mask-side terms wait for the head (see above): True for
+        Whether the sparsity term waits for the head (see above): True for
         fits since 0.2; False for models fitted before, which a
         ``warm_start`` fit or ``partial_fit`` continues without it.
     groups_ : ndarray of shape (n_samples,) or None
@@ -750,7 +752,7 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
             y, classes=self._known_classes(warm, classes), min_per_class=min_per_class)
         if not warm:
             self.image_shape_ = tuple(int(s) for s in shape)
-            # the mask-side terms wait for the head; a continuation trains as its fit
+            # the sparsity term waits for the head; a continuation trains as its fit
             self.gate_mask_ = GATE_MASK
         self.input_range_ = input_range
         # the one place a fit is decided group-aware: group codes, or None

@@ -70,7 +70,7 @@ def group_mean_gap(diff, groups, valid, half):
 
 
 #: The head's accuracy on psi(x), as a share of the way from chance to perfect,
-#: at which the mask-side terms weigh in full (:func:`head_gate`).
+#: at which the mask's sparsity term weighs in full (:func:`head_gate`).
 GATE_LEVEL = 0.5
 
 
@@ -80,15 +80,18 @@ def head_gate(logits, y, weights=None):
     group) cell weight) above chance, over :data:`GATE_LEVEL` of the way from
     chance (1 / n_classes) to 1; no gradient.
 
-    The mask-side terms (sparsity, invariance) are multiplied by it (unless
-    ``sklearn_cim._cim.GATE_MASK`` is False: 0.1's objective). Both are
-    smallest at psi(x) = 0, and before the head reads anything its
-    cross-entropy cannot pull back: a mask closed then stays closed (a
-    collapse: the head's loss stuck at ln(n_classes)). Gated, they start when
-    the head reads the classes from psi(x); they also wait as long as the
-    head takes to learn (epochs, with few images in the cells where the
-    nuisance disagrees). The gate cannot reopen a mask that closed later
-    (e.g. under a large lr): the collapse warning says so.
+    The mask's sparsity term is multiplied by it (unless
+    ``sklearn_cim._cim.GATE_MASK`` is False: 0.1's objective). It is smallest
+    at psi(x) = 0, and before the head reads anything its cross-entropy cannot
+    pull back: a mask closed then stays closed (a collapse: the head's loss
+    stuck at ln(n_classes)). Gated, it starts when the head reads the classes
+    from psi(x), however long the head takes to learn (epochs, with few
+    images in the cells where the nuisance disagrees). The invariance term is
+    not gated: it too is 0 at psi(x) = 0, but it pushes down only what differs
+    between groups within a class, never what the classes share, and removing
+    the nuisance early is what lets the head learn the classes (measured: the
+    changelog, 0.2). The gate cannot reopen a mask that closed later (e.g.
+    under a large lr): the collapse warning says so.
     """
     with torch.no_grad():
         correct = (logits.argmax(1) == y).to(torch.float32)
@@ -261,7 +264,7 @@ class CIMNet(TorchNet):
         gate = 1.0
         if obj.classifier_weight > 0:
             terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, groups))
-            if obj.gate_mask and (obj.mask_weight > 0 or obj.invariance_weight > 0):
+            if obj.gate_mask and obj.mask_weight > 0:
                 gate = head_gate(logits, y_true, self.row_weights(y_true, groups))
                 terms["mask_gate"] = (0.0, gate)  # logged only
         positives = None
@@ -274,7 +277,7 @@ class CIMNet(TorchNet):
             terms["triplet"] = (obj.triplet_weight,
                                 self.triplet_term(psi, X, y_true, groups, positives))
         if positives is not None and obj.invariance_weight > 0:
-            terms["invariance"] = (obj.invariance_weight * gate,
+            terms["invariance"] = (obj.invariance_weight,
                                    self.invariance_term(psi, groups, positives))
         if obj.mask_weight > 0:
             terms["mask"] = (obj.mask_weight * gate, mask.mean())
