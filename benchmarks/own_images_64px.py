@@ -135,6 +135,8 @@ def save_figure(cim, X, folder, name):
     then the first 6 others, to ``folder/name.png``."""
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from sklearn_cim.plotting import plot_masks
     os.makedirs(folder, exist_ok=True)
     order = np.argsort(-X.mean(axis=(1, 2, 3)))
@@ -142,6 +144,7 @@ def save_figure(cim, X, folder, name):
     fig = plot_masks(cim, X[rows], n=len(rows))
     fig.suptitle(name)
     fig.savefig(os.path.join(folder, name + ".png"), dpi=80)
+    plt.close(fig)
 
 
 def peak_mib():
@@ -181,9 +184,9 @@ def run_seed(args):
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
-    def lr(X, y):
+    def lr(X, y, sample_weight=None):
         t = time.perf_counter()
-        m = LogisticRegression(max_iter=1000).fit(flat(X), y)
+        m = LogisticRegression(max_iter=1000).fit(flat(X), y, sample_weight=sample_weight)
         return (lambda Z: m.predict(flat(Z))), time.perf_counter() - t
 
     predict, s = lr(d.X_train, d.y_train)
@@ -199,12 +202,9 @@ def run_seed(args):
         predict = train_cnn(d.X_oracle, d.y_train, args.seed)
         emit("oracle CNN", predict, d.X_test_ood, time.perf_counter() - t)
     if want("group-balanced LR"):
-        t = time.perf_counter()
-        m = LogisticRegression(max_iter=1000).fit(
-            flat(d.X_train), d.y_train,
-            sample_weight=balanced_sample_weight(d.y_train, d.nuisance_train))
-        emit("group-balanced LR", lambda Z: m.predict(flat(Z)), d.X_test_ood,
-             time.perf_counter() - t)
+        predict, s = lr(d.X_train, d.y_train,
+                        balanced_sample_weight(d.y_train, d.nuisance_train))
+        emit("group-balanced LR", predict, d.X_test_ood, s)
     for name, weighting in (("group-balanced CNN", "balanced"), ("GroupDRO CNN", "dro")):
         if want(name):  # the user's alternatives to a CIM, with the same groups
             t = time.perf_counter()

@@ -149,8 +149,8 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
     classes from psi(x) there (0 at chance, 1 halfway from chance to perfect):
     it cannot close the mask before the head has learned the classes
     (``history_``'s ``train_mask_gate``). The invariance term is not gated:
-    it removes only what differs between groups, and removing it early is what
-    lets the head learn the classes.
+    it removes only what differs between groups, and removing the nuisance
+    early is what lets the head learn the classes.
 
     Parameters
     ----------
