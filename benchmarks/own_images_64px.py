@@ -22,6 +22,11 @@ One process per seed (``--jobs`` at a time), JSON lines to ``--out``::
     python benchmarks/own_images_64px.py \\
         --summarise benchmarks/results/2026-12-06-cpu-own-images-64px.jsonl
 
+``--nuisance mark`` runs the second split: the scene is drawn at random and a
+6 x 6 square of one of ten colours, at a random place clear of the digit,
+agrees with the digit instead (groups: its colour). One file per split:
+``--summarise`` reads one split's rows.
+
 ``--cim`` sets CIMTransformer parameters over :data:`CIM` (JSON); ``--models``
 keeps only the named CNN and CIM rows (tuning runs: ``--models "group CIM -> LR"``);
 ``--figures DIR`` saves x, m and psi(x) of 12 test images per CIM fit (the six
@@ -43,6 +48,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SIDE, SCENE, DIGIT = 64, 96, 44
 N_SCENES = 10
 P_TRAIN = 0.95
+#: Side of the ``--nuisance mark`` square.
+MARK = 6
+#: The splits: the scene agrees with the digit, or a small coloured mark at a
+#: random place off the digit does (on a scene drawn at random).
+NUISANCES = ("scene", "mark")
 #: The group CIM: the estimator's defaults but these (offline: random LPIPS trunk).
 CIM = dict(max_epochs=15, pretrained=False)
 
@@ -93,22 +103,53 @@ def compose(ink, scene_ids, all_scenes, rng):
     return out
 
 
-def make_data(mnist, n_train, n_test, seed):
+def add_marks(X, ink, colours, rng):
+    """``X`` with a ``MARK`` x ``MARK`` square of ``PALETTE[colours[i]]`` on each
+    image, at a place drawn uniformly among those clear of the digit's ink and
+    rim (in place; returns ``X``)."""
+    import torch
+    import torch.nn.functional as F
+
+    from sklearn_cim.datasets._nuisance import PALETTE
+    # reach[i, r, c]: ink within 2 px (the rim) of the square at (r, c)
+    padded = F.pad(torch.from_numpy(_placed(ink))[:, None], (2, 2, 2, 2))
+    reach = F.max_pool2d(padded, MARK + 4, stride=1)[:, 0].numpy() > 0
+    for i in range(len(X)):
+        free = np.argwhere(~reach[i])
+        r, c = free[rng.randint(len(free))]
+        X[i, :, r:r + MARK, c:c + MARK] = PALETTE[colours[i]][:, None, None]
+    return X
+
+
+def make_data(mnist, n_train, n_test, seed, nuisance="scene"):
+    """The split of ``nuisance`` ("scene": the scene agrees with the digit in
+    ``P_TRAIN`` of the training images; "mark": a small mark's colour does,
+    on scenes drawn at random); the test split and the oracle draw the
+    nuisance at random."""
     from sklearn.utils import Bunch
     rng = np.random.RandomState(seed)
     all_scenes = scenes()
     ink, y = digits(mnist, n_train + n_test, rng)
     y_train, y_test = y[:n_train], y[n_train:]
     agree = rng.rand(n_train) < P_TRAIN
-    s_train = np.where(agree, y_train % N_SCENES, rng.randint(0, N_SCENES, n_train))
-    s_test = rng.randint(0, N_SCENES, n_test)
-    s_oracle = rng.randint(0, N_SCENES, n_train)
-    return Bunch(
-        X_train=compose(ink[:n_train], s_train, all_scenes, rng), y_train=y_train,
-        nuisance_train=s_train,
-        X_oracle=compose(ink[:n_train], s_oracle, all_scenes, rng),
-        X_test_ood=compose(ink[n_train:], s_test, all_scenes, rng), y_test=y_test,
-        nuisance_test_ood=s_test, ink_test_ood=_placed(ink[n_train:]))
+    nuis_train = np.where(agree, y_train % N_SCENES, rng.randint(0, N_SCENES, n_train))
+    nuis_test = rng.randint(0, N_SCENES, n_test)
+    nuis_oracle = rng.randint(0, N_SCENES, n_train)
+    if nuisance == "scene":
+        s_train, s_test, s_oracle = nuis_train, nuis_test, nuis_oracle
+    else:  # scenes at random; the mark carries the nuisance
+        s_train, s_test, s_oracle = (rng.randint(0, N_SCENES, n) for n in
+                                     (n_train, n_test, n_train))
+    X_train = compose(ink[:n_train], s_train, all_scenes, rng)
+    X_oracle = compose(ink[:n_train], s_oracle, all_scenes, rng)
+    X_test = compose(ink[n_train:], s_test, all_scenes, rng)
+    if nuisance == "mark":
+        add_marks(X_train, ink[:n_train], nuis_train, rng)
+        add_marks(X_oracle, ink[:n_train], nuis_oracle, rng)
+        add_marks(X_test, ink[n_train:], nuis_test, rng)
+    return Bunch(X_train=X_train, y_train=y_train, nuisance_train=nuis_train,
+                 X_oracle=X_oracle, X_test_ood=X_test, y_test=y_test,
+                 nuisance_test_ood=nuis_test, ink_test_ood=_placed(ink[n_train:]))
 
 
 def _placed(ink):
@@ -168,11 +209,12 @@ def run_seed(args):
     )
 
     torch.set_num_threads(args.threads)
-    d = make_data(args.mnist, args.n_train, args.n_test, args.seed)
+    d = make_data(args.mnist, args.n_train, args.n_test, args.seed, args.nuisance)
     groups_ood = agreement_groups(d.y_test, d.nuisance_test_ood, N_SCENES)
     flat = lambda a: a.reshape(len(a), -1)  # noqa: E731
     cim_params = {**CIM, **json.loads(args.cim)}
-    tags = dict(seed=args.seed, n_train=args.n_train, n_test=args.n_test, side=SIDE,
+    tags = dict(nuisance=args.nuisance, seed=args.seed, n_train=args.n_train,
+                n_test=args.n_test, side=SIDE,
                 threads=args.threads, cim=cim_params)
 
     def emit(model, predict, X_ood, fit_s, **extra):
@@ -277,7 +319,8 @@ def child_command(args, seed):
     of ``args`` that shapes a run."""
     cmd = [sys.executable, os.path.abspath(__file__), "--mnist", args.mnist, "--out",
            args.out, "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-           "--threads", str(args.threads), "--cim", args.cim, "--seed", str(seed)]
+           "--threads", str(args.threads), "--cim", args.cim, "--seed", str(seed),
+           "--nuisance", args.nuisance]
     cmd += ["--figures", args.figures] if args.figures else []
     return cmd + (["--models", *args.models] if args.models else [])
 
@@ -288,6 +331,8 @@ def parse(argv=None):
     p.add_argument("--out")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--seed", type=int, help="run one seed in this process")
+    p.add_argument("--nuisance", choices=NUISANCES, default="scene",
+                   help="what agrees with the digit in training (default: the scene)")
     p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
