@@ -215,7 +215,8 @@ def run_seed(args):
     cim_params = {**CIM, **json.loads(args.cim)}
     tags = dict(nuisance=args.nuisance, seed=args.seed, n_train=args.n_train,
                 n_test=args.n_test, side=SIDE,
-                threads=args.threads, cim=cim_params)
+                threads=args.threads, cim=cim_params,
+                **({"mark_side": MARK} if args.nuisance == "mark" else {}))
 
     def emit(model, predict, X_ood, fit_s, **extra):
         pred = predict(X_ood)
