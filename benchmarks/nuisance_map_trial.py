@@ -76,10 +76,11 @@ def nuisance_map(probe, x, groups, cut):
         return ((info - cut) / (1 - cut)).clamp(0, 1)
 
 
-def patch(weight, cut, window):
+def patch(weight, cut, window, gate=False):
     """Train the probe at the start of every group-aware CIM fit in this
-    process and add the map term to its loss."""
-    from sklearn_cim._objective import CIMNet
+    process and add the map term to its loss (with ``gate``, weighted in each
+    batch by ``head_gate``, as the sparsity term is; a CNN head)."""
+    from sklearn_cim._objective import CIMNet, head_gate
     begin, terms_of = CIMNet.on_train_begin, CIMNet.loss_terms
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
@@ -95,7 +96,10 @@ def patch(weight, cut, window):
         groups = targets[1]
         if getattr(self, "trial_probe_", None) is not None and groups is not None:
             where = nuisance_map(self.trial_probe_[0], X, groups, cut)
-            terms["nuisance_map"] = (weight, (y_pred[0].float().mean(1) * where).mean())
+            scale = (head_gate(y_pred[2], targets[0], self.row_weights(targets[0], groups))
+                     if gate else 1.0)
+            terms["nuisance_map"] = (weight * scale,
+                                     (y_pred[0].float().mean(1) * where).mean())
         return terms
 
     CIMNet.on_train_begin, CIMNet.loss_terms = on_train_begin, loss_terms
@@ -109,6 +113,8 @@ def main(argv=None):
     p.add_argument("--map-weight", type=float, default=3.0)
     p.add_argument("--map-cut", type=float, default=0.25)
     p.add_argument("--map-window", type=int, choices=[3, 5], default=5)
+    p.add_argument("--map-gate", action="store_true",
+                   help="the map term waits for the head, as the sparsity term does")
     args = p.parse_args(argv[:split])
     rest = argv[split + 1:]
     sys.path.insert(0, HERE)
@@ -116,12 +122,12 @@ def main(argv=None):
     bench = own_images_64px.parse(rest)
     if bench.seed is None:
         raise SystemExit("give one --seed after --: the trial runs in this process")
-    patch(args.map_weight, args.map_cut, args.map_window)
+    patch(args.map_weight, args.map_cut, args.map_window, args.map_gate)
     out, bench.out = bench.out, tempfile.mktemp(suffix=".jsonl")
     try:
         own_images_64px.run_seed(bench)
         trial = dict(map_weight=args.map_weight, map_cut=args.map_cut,
-                     map_window=args.map_window)
+                     map_window=args.map_window, map_gate=args.map_gate)
         with open(bench.out) as f, open(out, "a") as g:
             for line in f:
                 g.write(json.dumps({**json.loads(line), "trial": trial}) + "\n")
