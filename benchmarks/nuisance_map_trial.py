@@ -123,7 +123,9 @@ def main(argv=None):
     if bench.seed is None:
         raise SystemExit("give one --seed after --: the trial runs in this process")
     patch(args.map_weight, args.map_cut, args.map_window, args.map_gate)
-    out, bench.out = bench.out, tempfile.mktemp(suffix=".jsonl")
+    handle, path = tempfile.mkstemp(suffix=".jsonl")
+    os.close(handle)
+    out, bench.out = bench.out, path
     try:
         own_images_64px.run_seed(bench)
         trial = dict(map_weight=args.map_weight, map_cut=args.map_cut,
