@@ -5,7 +5,9 @@
 head's cross-entropy (balanced over the (class, group) cells with groups),
 the triplet loss under a perceptual distance (bias-contrastive with groups),
 the invariance of psi(x) to the group within each class (with groups), the
-mask's sparsity, the VIB head's KL and the group adversary.
+mask's sparsity, the nuisance map term (with groups: the mask pays where a
+per-pixel probe reads the group, :mod:`sklearn_cim._nuisance_map`) and the
+VIB head's KL.
 """
 
 import functools
@@ -18,6 +20,7 @@ from ._distances import LPIPS_TRUNKS, make_distance
 from ._groups import PairTable, cell_weights
 from ._net import TorchNet
 from ._networks import gaussian_kl
+from ._nuisance_map import nuisance_map, train_probe
 from ._seeding import seeded_global_rng
 from ._triplet import mine_triplets, mining_distances, triplet_loss
 
@@ -43,11 +46,12 @@ class CIMObjective:
     invariance_weight: float
     hard_mask: bool
     gate_mask: bool = False
+    map_weight: float = 0.0
 
     def __setstate__(self, state):
-        # pickled before the invariance term and hard masks: the objective then;
-        # adversary_weight: a field until the adversary was removed
-        state = {"invariance_weight": 0.0, "hard_mask": False, **state}
+        # pickled before the invariance term, hard masks and the nuisance map:
+        # the objective then; adversary_weight: a field until the adversary was removed
+        state = {"invariance_weight": 0.0, "hard_mask": False, "map_weight": 0.0, **state}
         state.pop("adversary_weight", None)
         self.__dict__.update(state)
 
@@ -225,8 +229,15 @@ class CIMNet(TorchNet):
                 X.sampling_weights = weights[X.y * self.n_cell_groups_ + X.groups]
             if (obj.group_triplets and obj.triplet_weight > 0) or obj.invariance_weight > 0:
                 self.pair_table_ = PairTable(X.y, X.groups)
+        self.map_probe_ = None
+        if X.groups is not None and obj.map_weight > 0:
+            # a tuple: skorch takes a module attribute for one of its own (registered,
+            # moved, optimised, pickled); this one is the fit's, frozen
+            self.map_probe_ = (train_probe(X.images, len(X), X.groups, self.seed,
+                                           device=self.device),)
 
-    fit_scoped = TorchNet.fit_scoped + ("cell_weights_", "pair_table_", "n_cell_groups_")
+    fit_scoped = TorchNet.fit_scoped + ("cell_weights_", "pair_table_", "n_cell_groups_",
+                                        "map_probe_")
 
     def prepare_training(self):
         # psi(x) in training: hard or soft, as the objective says
@@ -264,7 +275,7 @@ class CIMNet(TorchNet):
         gate = 1.0
         if obj.classifier_weight > 0:
             terms["ce"] = (obj.classifier_weight, self.cross_entropy(logits, y_true, groups))
-            if obj.gate_mask and obj.mask_weight > 0:
+            if obj.gate_mask and (obj.mask_weight > 0 or obj.map_weight > 0):
                 gate = head_gate(logits, y_true, self.row_weights(y_true, groups))
                 terms["mask_gate"] = (0.0, gate)  # logged only
         positives = None
@@ -281,6 +292,10 @@ class CIMNet(TorchNet):
                                    self.invariance_term(psi, groups, positives))
         if obj.mask_weight > 0:
             terms["mask"] = (obj.mask_weight * gate, mask.mean())
+        probe = getattr(self, "map_probe_", None)
+        if probe is not None and groups is not None:
+            where = nuisance_map(probe[0], X, groups)
+            terms["nuisance_map"] = (obj.map_weight * gate, (mask.float().mean(1) * where).mean())
         return terms
 
     def row_weights(self, y, groups):

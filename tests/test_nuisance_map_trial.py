@@ -1,6 +1,6 @@
-"""The localisation trial's pieces (benchmarks/nuisance_map_trial.py): the
-window that grows with the image, a map that lights up where the group is
-drawn and nowhere else, and psi(x) with a grey fill."""
+"""The localisation trial's pieces (benchmarks/nuisance_map_trial.py): it sets
+the package's map settings, and psi(x) with a grey fill. The map itself is
+tested in test_nuisance_map.py."""
 
 import os
 import sys
@@ -13,40 +13,21 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmark
 trial = pytest.importorskip("nuisance_map_trial")
 
 
-def test_window_grows_with_the_image():
-    sides = (8, 16, 28, 32, 48, 64)
-    assert [trial.window_for(side, "auto") for side in sides] == [1, 1, 3, 3, 5, 5]
-    assert trial.window_for(64, "3") == 3
-
-
-def _patch_images(n=120, side=12, seed=0):
-    """White strokes at random places on black; a 3x3 patch in one corner
-    whose colour is the group (3 groups)."""
-    rng = np.random.RandomState(seed)
-    x = np.zeros((n, 3, side, side), np.float32)
-    for i in range(n):
-        r, c = rng.randint(4, side - 2, 2)
-        x[i, :, r - 2:r + 2, c] = 1.0
-    groups = rng.randint(0, 3, n)
-    colours = np.eye(3, dtype=np.float32) * 0.8
-    x[:, :, :3, :3] = colours[groups][:, :, None, None]
-    patch = np.zeros((side, side), bool)
-    patch[:3, :3] = True
-    return torch.tensor(x), torch.tensor(groups), torch.tensor(patch)
-
-
-@pytest.mark.parametrize("window", [1, 3])
-def test_map_marks_the_patch_not_the_strokes(window):
-    x, groups, patch = _patch_images()
-    probe = trial.train_probe(x, groups, 0, window=window, epochs=30, lr=1e-2)
-    where = trial.nuisance_map(probe, x, groups, 0.25)
-    assert where.shape == (len(x),) + tuple(patch.shape)
-    inside = where[:, patch].mean().item()
-    # pixels at least 2 px from the patch: no window of 3 reaches it
-    far = torch.ones_like(patch)
-    far[:5, :5] = False
-    assert inside > 0.5, inside
-    assert where[:, far].mean().item() < 0.05
+def test_patch_sets_the_package_settings(monkeypatch):
+    """The trial changes the package's map settings in its process (the
+    package's are its defaults)."""
+    from sklearn_cim import _cim, _nuisance_map
+    for owner, name in ((_cim, "AUTO_MAP_WEIGHT"), (_nuisance_map, "MAP_CUT"),
+                        (_nuisance_map, "PROBE_EPOCHS"), (_nuisance_map, "PROBE_LR"),
+                        (_nuisance_map, "window_for")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
+    assert _nuisance_map.window_for(64) == 5
+    trial.patch(2.0, 0.5, "3", probe_epochs=7, probe_lr=0.1)
+    assert (_cim.AUTO_MAP_WEIGHT, _nuisance_map.MAP_CUT) == (2.0, 0.5)
+    assert (_nuisance_map.PROBE_EPOCHS, _nuisance_map.PROBE_LR) == (7, 0.1)
+    assert _nuisance_map.window_for(64) == 3
+    with pytest.raises(ValueError, match="f503985"):
+        trial.patch(3.0, 0.25, "auto", gate=False)
 
 
 def test_fill_makes_removed_pixels_grey(monkeypatch):

@@ -29,6 +29,7 @@ PROMISES = {
         "mining": "test_promises::test_hard_mining_draws_harder_triplets_than_random",
         "pair_transform": "test_promises::test_pair_transform_chooses_what_psi_is_compared_with",
         "mask_weight": "test_promises::test_mask_weight_lowers_the_mask",
+        "map_weight": "test_nuisance_map::test_the_map_term_lowers_the_mask_on_the_patch_only",
         "hard_mask": (
             "test_groups::test_hard_masks_keep_or_drop_whole_pixels_in_training_and_transform"),
         "mask_threshold": "test_groups::test_mask_threshold_zeroes_dimmed_pixels",
@@ -244,7 +245,8 @@ def test_group_weighting_none_is_the_unweighted_head(nuisance_images, tiny, fit_
     another one."""
     X, y, groups = nuisance_images
     params = {**tiny, "triplet_weight": 0.0, "mask_weight": 0.0, "mask_threshold": None,
-              "invariance_weight": 0.0, "hard_mask": False, "max_epochs": 2}
+              "invariance_weight": 0.0, "hard_mask": False, "max_epochs": 2,
+              "map_weight": 0.0}
     rows = fit_rows(y, groups, tiny["random_state"])  # a group-aware fit trains on these
     plain = CIMTransformer(**params).fit(X[rows], y[rows])
     none = CIMTransformer(**params, group_weighting="none").fit(X, y, groups=groups)
