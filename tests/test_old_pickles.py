@@ -87,6 +87,8 @@ def test_old_group_aware_pickle_transforms_as_when_written_and_keeps_training(ex
     cim = _load("cim_groups_vib_head.pickle")
     X = expected["X"]
     assert cim.group_aware_ and cim.input_range_ == (0.0, 1.0)
+    # fitted before the nuisance map: it continues, and refits, without one
+    assert cim.map_weight == 0.0 and cim.map_weight_ == 0.0
     # what the old net held and this version does not (the value range, pickled
     # as ``units``; the removed adversary's group count) is dropped on loading
     assert "units" not in vars(cim.net_) and not hasattr(cim, "n_groups_")

@@ -1,5 +1,6 @@
 """Persistence: weights-only files, pickles across processes."""
 
+import json
 import pickle
 import subprocess
 import sys
@@ -128,3 +129,22 @@ def test_warm_start_after_unpickling_continues_exactly_with_a_random_lpips_trunk
     assert cim.history_[-1, "train_triplet"] > 0  # the trunk shapes the update
     assert back.history_[-1, "train_triplet"] == cim.history_[-1, "train_triplet"]
     assert np.array_equal(back.transform(X3), cim.transform(X3))
+
+
+def test_weights_saved_before_the_nuisance_map_load_without_it(nuisance_images, tiny,
+                                                              tmp_path):
+    """A weights file of a group-aware fit saved before the map (its metadata
+    without ``map_weight_``) loads with the objective it was trained on: no map
+    term, the uniform sparsity weight it saved."""
+    X, y, groups = nuisance_images
+    cim = CIMTransformer(**tiny, map_weight=0.0).fit(X, y, groups=groups)
+    path = tmp_path / "old.pt"
+    cim.save_params(path)
+    saved = torch.load(path, weights_only=True)
+    fitted = json.loads(saved["metadata"]["fitted"])
+    assert fitted.pop("map_weight_") == 0.0
+    saved["metadata"]["fitted"] = json.dumps(fitted)
+    torch.save(saved, path)
+    loaded = CIMTransformer(**tiny).load_params(path)  # map_weight "auto"
+    assert loaded.group_aware_ and (loaded.map_weight_, loaded.mask_weight_) == (0.0, 0.3)
+    np.testing.assert_array_equal(loaded.transform(X), cim.transform(X))
