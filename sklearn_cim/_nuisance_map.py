@@ -23,6 +23,9 @@ from torch import nn
 
 from ._seeding import seeded_global_rng
 
+#: Training images :func:`map_coverage` reads.
+COVERAGE_ROWS = 256
+
 #: Map values below this (a window that names its group little better than
 #: chance) count 0; the rest is rescaled to [0, 1].
 MAP_CUT = 0.25
@@ -103,3 +106,14 @@ def nuisance_map(probe, x, groups, cut=None):
         true = logp.gather(1, groups[:, None, None, None].expand(-1, 1, *logp.shape[-2:]))[:, 0]
         info = ((true + math.log(n_groups)) / math.log(n_groups)).clamp(0, 1)
         return ((info - cut) / (1 - cut)).clamp(0, 1)
+
+
+def map_coverage(probe, images, n, groups):
+    """The share of pixels the map marks (> 0) on up to :data:`COVERAGE_ROWS`
+    of the ``n`` training images ``images(rows)`` (spread over the set), their
+    groups ``groups``. 0: the probe reads the group nowhere, and the map term
+    costs nothing."""
+    rows = torch.arange(0, n, max(1, n // COVERAGE_ROWS))[:COVERAGE_ROWS]
+    groups = torch.as_tensor(groups)
+    marked = nuisance_map(probe, images(rows), groups[rows.to(groups.device)]) > 0
+    return float(marked.float().mean())

@@ -20,9 +20,11 @@ from ._distances import LPIPS_TRUNKS, make_distance
 from ._groups import PairTable, cell_weights
 from ._net import TorchNet
 from ._networks import gaussian_kl
-from ._nuisance_map import nuisance_map, train_probe
+from ._nuisance_map import map_coverage, nuisance_map, train_probe
+from ._removal import RemovalWarning
 from ._seeding import seeded_global_rng
 from ._triplet import mine_triplets, mining_distances, triplet_loss
+from ._warn import warn
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,15 @@ class CIMNet(TorchNet):
             # moved, optimised, pickled); this one is the fit's, frozen
             self.map_probe_ = (train_probe(X.images, len(X), X.groups, self.seed,
                                            device=self.device),)
+            if map_coverage(self.map_probe_[0], X.images, len(X), X.groups) == 0:
+                warn(
+                    "The nuisance map is empty: the per-pixel probe could not read the "
+                    "groups from any small window of the training images, so the map term "
+                    f"(map_weight={obj.map_weight:g}) costs nothing and only the invariance "
+                    "term pushes the nuisance out. If the groups name something spread over "
+                    "the whole image (a brightness, a blur) rather than a place, set "
+                    "map_weight=0 to train the uniform sparsity term (mask_weight='auto': "
+                    "0.3) instead; check that groups name the nuisance.", RemovalWarning)
 
     fit_scoped = TorchNet.fit_scoped + ("cell_weights_", "pair_table_", "n_cell_groups_",
                                         "map_probe_")

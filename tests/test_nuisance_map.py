@@ -3,6 +3,8 @@ group-aware objective: a probe's map lights up where the group is drawn and
 nowhere else, the mask pays there and only there, "auto" turns it on with
 given groups only, and a fit with it keeps less of a nuisance patch."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,17 @@ def test_the_map_term_lowers_the_mask_on_the_patch_only():
         means[weight] = (m[:, patch].mean(), m[:, ~patch].mean())
     assert means["auto"][0] < means[0.0][0] - 0.1, means
     assert abs(means["auto"][1] - means[0.0][1]) < 0.05, means
+
+
+def test_an_empty_map_is_said(nuisance_images, tiny):
+    """Groups no small window can read (drawn at random): the map term would
+    cost nothing, silently; the fit says so. Groups the probe reads: no word."""
+    from sklearn_cim import RemovalWarning
+    X, y, groups = nuisance_images
+    random_groups = np.random.RandomState(0).randint(0, 2, len(y))
+    with pytest.warns(RemovalWarning, match="nuisance map is empty.*map_weight=0"):
+        CIMTransformer(**tiny).fit(X, y, groups=random_groups)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        CIMTransformer(**tiny).fit(X, y, groups=groups)
+    assert not [w for w in record if "nuisance map is empty" in str(w.message)]
