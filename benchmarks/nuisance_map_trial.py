@@ -1,17 +1,18 @@
 """The trial that chose the nuisance map's settings (now in the package:
-``CIMTransformer(map_weight="auto")``, :mod:`sklearn_cim._nuisance_map`).
+``CIMTransformer(map_weight=3)``, :mod:`sklearn_cim._nuisance_map`).
 
 Before training the mask, a small fully convolutional probe learns to read
 each training image's group at every pixel, every group weighing the same;
 the mask pays ``map_weight * mean(m * map)`` where it reads it. This script
 runs a benchmark with the map's settings changed in this process only:
-``--map-weight`` (the package's ``AUTO_MAP_WEIGHT``), ``--map-cut``
+``--map-weight`` (the weight of every group-aware fit given groups and
+``map_weight=0``), ``--map-cut``
 (``MAP_CUT``), ``--map-window`` 1, 3, 5 or ``auto`` (the package's
 ``window_for``: 1 px below 24 px, 3 below 48, 5 from 48), ``--probe-epochs``
 and ``--probe-lr``; ``--fill V`` makes psi(x) = m * x + (1 - m) * V (removed
-pixels grey instead of black). The package's settings are this script's
-defaults; with them it trains exactly what the package trains (the same
-transforms, bitwise, on CPU).
+pixels grey instead of black). The package's settings, with
+``map_weight=3``, are this script's defaults; with them it trains exactly
+what the package trains (the same transforms, bitwise, on CPU).
 
 Measured on the own-images benchmark's tuning seeds (2026-12-07/08; rows in
 ``benchmarks/results/2026-12-07-cpu-localisation-tuning.jsonl``, the Results
@@ -46,14 +47,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def patch(weight, cut, window, gate=True, probe_epochs=30, probe_lr=1e-2):
-    """Set the package's map settings in this process: the ``"auto"`` weight,
-    the cut, the window (``"auto"`` or a size), the probe's epochs and lr. The
-    map term always waits for the head (``gate``: only True; the ungated form
-    is at commit f503985)."""
+    """Set the package's map settings in this process: ``weight`` for every
+    fit with groups (given or inferred) whose ``map_weight`` is 0, the cut,
+    the window (``"auto"`` or a size), the probe's epochs and lr. The map term
+    always waits for the head (``gate``: only True; the ungated form is at
+    commit f503985)."""
     if not gate:
         raise ValueError("the ungated map term is the trial at commit f503985")
     from sklearn_cim import _cim, _nuisance_map
-    _cim.AUTO_MAP_WEIGHT = float(weight)
+    resolve = _cim.resolve_auto
+
+    def resolve_auto(params, aware):
+        if aware and params["map_weight"] == 0:
+            params = {**params, "map_weight": float(weight)}
+        return resolve(params, aware)
+
+    _cim.resolve_auto = resolve_auto
     _nuisance_map.MAP_CUT = float(cut)
     _nuisance_map.PROBE_EPOCHS = int(probe_epochs)
     _nuisance_map.PROBE_LR = float(probe_lr)

@@ -2,10 +2,10 @@
 
 The localisation trial (``benchmarks/nuisance_map_trial.py`` at commit
 f503985, when the map was the trial's own code patched into the package) was
-measured on the 64 px photos and the digits splits; the package's defaults
-then took its settings (``map_weight="auto"``). This script fits the group
-CIM twice per case, in separate processes: at the package's defaults, and
-with ``map_weight=0, mask_weight=0`` under the old trial's patch (map weight
+measured on the 64 px photos and the digits splits; the package took its
+settings (``map_weight=3``). This script fits the group CIM twice per case,
+in separate processes: with ``map_weight=3`` (the package's map), and with
+``map_weight=0, mask_weight=0`` under the old trial's patch (map weight
 3, cut 0.25, window auto, gated, probe 30 epochs at lr 0.01), and compares
 the transforms. Cases: the digits corner split at 16 px (a 1 px window) and a
 48 px toy split (a 5 px window). CPU; about a minute. Needs the git history.
@@ -50,6 +50,8 @@ if arm == "trial":
     import old_trial
     old_trial.patch(3.0, 0.25, "auto", gate=True, probe_epochs=30, probe_lr=1e-2)
     kw.update(map_weight=0.0, mask_weight=0.0)
+else:
+    kw.update(map_weight=3.0)
 np.save(out, CIMTransformer(**kw).fit(X, y, groups=g).transform(X))
 '''
 

@@ -54,13 +54,13 @@ def test_transform_reads_what_the_fit_decided_not_the_parameters_since(nuisance_
     X, _, _ = nuisance_images
     cim = _aware(tiny, nuisance_images)
     psi, masks = cim.transform(X), cim.masks(X)
-    cim.set_params(hard_mask=False, mask_threshold=0.9, mask_weight=1.0, invariance_weight=0.0,
-                   map_weight=0.0)
+    cim.set_params(hard_mask=False, mask_threshold=0.9, mask_weight=0.0, invariance_weight=0.0,
+                   map_weight=3.0)
     np.testing.assert_array_equal(cim.transform(X), psi)
     np.testing.assert_array_equal(cim.masks(X), masks)
     decided = (cim.mask_weight_, cim.invariance_weight_, cim.hard_mask_, cim.mask_threshold_,
                cim.map_weight_)
-    assert decided == (0.0, 3.0, True, None, 3.0)
+    assert decided == (0.3, 3.0, True, None, 0.0)
     # a pickle keeps the decisions, whatever its parameters say
     loaded = pickle.loads(pickle.dumps(cim))
     np.testing.assert_array_equal(loaded.transform(X), psi)

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import Callback
 
 from sklearn_cim import CIMTransformer, RemovalWarning
-from sklearn_cim._cim import AUTO_INVARIANCE_WEIGHT, AUTO_MAP_WEIGHT, AUTO_MASK_WEIGHT
+from sklearn_cim._cim import AUTO_INVARIANCE_WEIGHT, AUTO_MASK_WEIGHT
 from sklearn_cim._groups import PairTable, cell_weights, check_groups, infer_groups
 from sklearn_cim._networks import HARD_MASK_CUT
 
@@ -43,16 +43,11 @@ def test_groups_change_the_training_and_none_trains_the_paper_objective(nuisance
     aware = CIMTransformer(**tiny).fit(X, y, groups=groups)
     assert aware.group_aware_
     objective = aware.net_.objective  # the "auto" settings with groups
-    # the nuisance map term in place of the uniform sparsity term
-    assert objective.map_weight == AUTO_MAP_WEIGHT == 3.0 and objective.mask_weight == 0.0
+    assert objective.mask_weight == AUTO_MASK_WEIGHT == 0.3
     assert objective.invariance_weight == AUTO_INVARIANCE_WEIGHT == 3.0
     assert objective.hard_mask and aware.net_.module_.hard
     assert not np.allclose(paper.transform(X), aware.transform(X))
-    assert {"train_nuisance_map", "train_invariance"} <= set(aware.history_[-1])
-    assert "train_mask" not in aware.history_[-1]
-    uniform = CIMTransformer(**tiny, map_weight=0.0).fit(X, y, groups=groups)
-    assert uniform.net_.objective.mask_weight == AUTO_MASK_WEIGHT == 0.3
-    assert "train_mask" in uniform.history_[-1]
+    assert {"train_mask", "train_invariance"} <= set(aware.history_[-1])
 
 
 def test_cell_weights_give_every_cell_the_same_total():
@@ -329,14 +324,24 @@ def test_partial_fit_with_groups_trains_what_fit_with_groups_trains(nuisance_ima
     fitted = CIMTransformer(**dict(tiny, max_epochs=2)).fit(X, y, groups=groups)
     rows = fit_rows(y, groups, tiny["random_state"])
     assert rows.sum() == len(y) - fitted.removal_check_.n_images
+    X_all, y_all, groups_all = X, y, groups
     X, y, groups = X[rows], y[rows], groups[rows]
     partial = CIMTransformer(**tiny).partial_fit(X, y, groups=groups)
     assert partial.group_aware_ and partial.hard_mask_
-    assert {"train_nuisance_map", "train_invariance"} <= set(partial.history_[-1])
+    assert {"train_mask", "train_invariance"} <= set(partial.history_[-1])
     assert partial.history_[0, "train_loss"] == fitted.history_[0, "train_loss"]
     partial.partial_fit(X, y, groups=groups)
     assert partial.history_[:, "train_loss"] == fitted.history_[:, "train_loss"]
     assert partial.history_[:, "train_invariance"] == fitted.history_[:, "train_invariance"]
+    np.testing.assert_array_equal(partial.transform(X), fitted.transform(X))
+    # with the map term: each call trains the same probe on the same images
+    fitted = CIMTransformer(**dict(tiny, max_epochs=2), map_weight=3.0).fit(
+        X_all, y_all, groups=groups_all)
+    partial = CIMTransformer(**tiny, map_weight=3.0)
+    for _ in range(2):
+        partial.partial_fit(X, y, groups=groups)
+    assert partial.history_[:, "train_loss"] == fitted.history_[:, "train_loss"]
+    assert "train_nuisance_map" in partial.history_[-1]
     np.testing.assert_array_equal(partial.transform(X), fitted.transform(X))
     paper = CIMTransformer(**tiny).partial_fit(X, y)
     assert not paper.group_aware_ and "train_invariance" not in paper.history_[-1]
@@ -542,12 +547,12 @@ def test_invariance_weight_enters_the_loss(nuisance_images, tiny, gated_mean):
     assert net.objective.invariance_weight == 7.0
     first = [b["train_mask_gate"] for b in cim.history_[0, "batches"]]
     assert min(first) < 0.9 and cim.history_[-1]["train_invariance"] > 0
-    # the map term is weighted by each batch's gate (head_gate); the
+    # the sparsity term is weighted by each batch's gate (head_gate); the
     # invariance term is not, also while the head is still learning
     for epoch in (0, -1):
         h = cim.history_[epoch]
         expected = (h["train_ce"] + h["train_triplet"] + 7.0 * h["train_invariance"]
-                    + 3.0 * gated_mean(cim.history_, epoch, "nuisance_map"))
+                    + 0.3 * gated_mean(cim.history_, epoch, "mask"))
         assert h["train_loss"] == pytest.approx(expected, rel=1e-4)
 
 

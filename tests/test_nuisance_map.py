@@ -1,7 +1,8 @@
 """The nuisance map (``sklearn_cim._nuisance_map``) and its term in the
 group-aware objective: a probe's map lights up where the group is drawn and
-nowhere else, the mask pays there and only there, "auto" turns it on with
-given groups only, and a fit with it keeps less of a nuisance patch."""
+nowhere else, the mask pays there and only there, ``map_weight`` turns it on
+(with groups) in place of the uniform sparsity term, a fit with it keeps less
+of a nuisance patch, and an empty map is said."""
 
 import warnings
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from sklearn_cim import CIMTransformer, _nuisance_map
-from sklearn_cim._cim import AUTO_MAP_WEIGHT, AUTO_MASK_WEIGHT, resolve_auto
+from sklearn_cim._cim import AUTO_MASK_WEIGHT, resolve_auto
 from sklearn_cim._nuisance_map import nuisance_map, train_probe, window_for
 
 
@@ -62,7 +63,8 @@ def test_the_mask_pays_where_the_map_is_and_waits_for_the_head():
     x, groups, patch = _stroke_images(n=60)
     y = torch.arange(len(x)) % 2
     cim = CIMTransformer(distance="l2", max_epochs=1, batch_size=16, tn_width=4, tn_depth=1,
-                         head_width=4, device="cpu", random_state=0, triplet_weight=0.0)
+                         head_width=4, device="cpu", random_state=0, triplet_weight=0.0,
+                         map_weight=3.0)
     cim.fit(x.numpy(), y.numpy(), groups=groups.numpy())
     net = cim.net_
     # what a fit holds while it trains (dropped after it): no pairs, the probe
@@ -72,7 +74,7 @@ def test_the_mask_pays_where_the_map_is_and_waits_for_the_head():
                          (torch.zeros(len(x), 2), 0.0)):
         terms = net.loss_terms((mask, mask * x, logits), (y, groups), x)
         weight, term = terms["nuisance_map"]
-        assert float(weight) == pytest.approx(AUTO_MAP_WEIGHT * gate)
+        assert float(weight) == pytest.approx(3.0 * gate)
     where = nuisance_map(net.map_probe_[0], x, groups)
     assert float(term.detach()) == pytest.approx(float(0.5 * where.mean()), rel=1e-5)
     term.backward()
@@ -82,32 +84,32 @@ def test_the_mask_pays_where_the_map_is_and_waits_for_the_head():
     assert grad[strokes].abs().max() < 1e-7
 
 
-@pytest.mark.parametrize(("aware", "inferred", "params", "mask", "map_"), [
-    (True, False, {}, 0.0, AUTO_MAP_WEIGHT),             # given groups: the map, no sparsity
-    (True, True, {}, AUTO_MASK_WEIGHT, 0.0),             # inferred: the uniform term
-    (True, False, {"map_weight": 0.0}, AUTO_MASK_WEIGHT, 0.0),
-    (True, False, {"mask_weight": 0.5}, 0.5, AUTO_MAP_WEIGHT),
-    (False, False, {}, 0.0, 0.0),                         # the paper's objective
+@pytest.mark.parametrize(("aware", "params", "mask", "map_"), [
+    (True, {}, AUTO_MASK_WEIGHT, 0.0),                    # the default: the uniform term
+    (True, {"map_weight": 3.0}, 0.0, 3.0),                # the map in its place
+    (True, {"map_weight": 3.0, "mask_weight": 0.5}, 0.5, 3.0),
+    (False, {"map_weight": 3.0}, 0.0, 0.0),               # the paper's objective: neither
 ])
-def test_auto_turns_the_map_on_with_given_groups(aware, inferred, params, mask, map_):
+def test_the_map_replaces_the_auto_sparsity_term(aware, params, mask, map_):
     all_params = {**CIMTransformer().get_params(), **params}
-    decided = resolve_auto(all_params, aware, inferred=inferred)
+    decided = resolve_auto(all_params, aware)
     assert (decided["mask_weight"], decided["map_weight"]) == (mask, map_)
 
 
-@pytest.mark.filterwarnings("ignore:infer_groups found a single group")
-def test_a_fit_trains_the_map_term_with_given_groups_only(nuisance_images, tiny):
+def test_a_fit_trains_the_map_term_when_asked_with_groups(nuisance_images, tiny):
+    from sklearn_cim import PaperObjectiveWarning
     X, y, groups = nuisance_images
-    cim = CIMTransformer(**tiny).fit(X, y, groups=groups)
-    assert (cim.map_weight_, cim.mask_weight_) == (AUTO_MAP_WEIGHT, 0.0)
+    cim = CIMTransformer(**tiny, map_weight=3.0).fit(X, y, groups=groups)
+    assert (cim.map_weight_, cim.mask_weight_) == (3.0, 0.0)
     assert "train_nuisance_map" in cim.history_[-1]
+    assert "train_mask" not in cim.history_[-1]
     assert not hasattr(cim.net_, "map_probe_")  # the fit's, dropped with it
-    off = CIMTransformer(**tiny, map_weight=0.0).fit(X, y, groups=groups)
+    off = CIMTransformer(**tiny).fit(X, y, groups=groups)
     assert (off.map_weight_, off.mask_weight_) == (0.0, AUTO_MASK_WEIGHT)
     assert "train_nuisance_map" not in off.history_[-1]
-    inferred = CIMTransformer(**tiny, infer_groups=True).fit(X, y)
-    assert inferred.groups_ is not None
-    assert (inferred.map_weight_, inferred.mask_weight_) == (0.0, AUTO_MASK_WEIGHT)
+    with pytest.warns(PaperObjectiveWarning, match="do nothing: map_weight=3.0"):
+        paper = CIMTransformer(**tiny, map_weight=3.0).fit(X, y)
+    assert paper.map_weight_ == 0.0 and "train_nuisance_map" not in paper.history_[-1]
 
 
 def _patch_split(n=160, side=12, seed=0):
@@ -136,12 +138,12 @@ def test_the_map_term_lowers_the_mask_on_the_patch_only():
                     head_width=8, device="cpu", random_state=0, hard_mask=False,
                     invariance_weight=0.0, mask_weight=0.0)
     means = {}
-    for weight in ("auto", 0.0):
+    for weight in (3.0, 0.0):
         cim = CIMTransformer(**settings, map_weight=weight).fit(X, y, groups=groups)
         m = cim.masks(X).reshape(len(X), *patch.shape)
         means[weight] = (m[:, patch].mean(), m[:, ~patch].mean())
-    assert means["auto"][0] < means[0.0][0] - 0.1, means
-    assert abs(means["auto"][1] - means[0.0][1]) < 0.05, means
+    assert means[3.0][0] < means[0.0][0] - 0.1, means
+    assert abs(means[3.0][1] - means[0.0][1]) < 0.05, means
 
 
 def test_an_empty_map_is_said(nuisance_images, tiny):
@@ -151,8 +153,8 @@ def test_an_empty_map_is_said(nuisance_images, tiny):
     X, y, groups = nuisance_images
     random_groups = np.random.RandomState(0).randint(0, 2, len(y))
     with pytest.warns(RemovalWarning, match="nuisance map is empty.*map_weight=0"):
-        CIMTransformer(**tiny).fit(X, y, groups=random_groups)
+        CIMTransformer(**tiny, map_weight=3.0).fit(X, y, groups=random_groups)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        CIMTransformer(**tiny).fit(X, y, groups=groups)
+        CIMTransformer(**tiny, map_weight=3.0).fit(X, y, groups=groups)
     assert not [w for w in record if "nuisance map is empty" in str(w.message)]

@@ -17,13 +17,18 @@ def test_patch_sets_the_package_settings(monkeypatch):
     """The trial changes the package's map settings in its process (the
     package's are its defaults)."""
     from sklearn_cim import _cim, _nuisance_map
-    for owner, name in ((_cim, "AUTO_MAP_WEIGHT"), (_nuisance_map, "MAP_CUT"),
+    for owner, name in ((_cim, "resolve_auto"), (_nuisance_map, "MAP_CUT"),
                         (_nuisance_map, "PROBE_EPOCHS"), (_nuisance_map, "PROBE_LR"),
                         (_nuisance_map, "window_for")):
         monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
     assert _nuisance_map.window_for(64) == 5
+    params = _cim.CIMTransformer().get_params()
+    assert _cim.resolve_auto(params, True)["map_weight"] == 0.0
     trial.patch(2.0, 0.5, "3", probe_epochs=7, probe_lr=0.1)
-    assert (_cim.AUTO_MAP_WEIGHT, _nuisance_map.MAP_CUT) == (2.0, 0.5)
+    assert _cim.resolve_auto(params, True)["map_weight"] == 2.0
+    assert _cim.resolve_auto({**params, "map_weight": 1.0}, True)["map_weight"] == 1.0
+    assert _cim.resolve_auto(params, False)["map_weight"] == 0.0
+    assert _nuisance_map.MAP_CUT == 0.5
     assert (_nuisance_map.PROBE_EPOCHS, _nuisance_map.PROBE_LR) == (7, 0.1)
     assert _nuisance_map.window_for(64) == 3
     with pytest.raises(ValueError, match="f503985"):

@@ -145,6 +145,6 @@ def test_weights_saved_before_the_nuisance_map_load_without_it(nuisance_images, 
     assert fitted.pop("map_weight_") == 0.0
     saved["metadata"]["fitted"] = json.dumps(fitted)
     torch.save(saved, path)
-    loaded = CIMTransformer(**tiny).load_params(path)  # map_weight "auto"
+    loaded = CIMTransformer(**tiny, map_weight=3.0).load_params(path)
     assert loaded.group_aware_ and (loaded.map_weight_, loaded.mask_weight_) == (0.0, 0.3)
     np.testing.assert_array_equal(loaded.transform(X), cim.transform(X))
