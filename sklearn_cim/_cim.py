@@ -208,9 +208,9 @@ class CIMTransformer(OneToOneFeatureMixin, TransformerMixin, TorchEstimatorMixin
         Group-aware objective only: weight of ``mean(m * map)``, the mask's
         cost where a per-pixel probe reads the image's group (see above); 0
         turns it off. 3 closed 77% of the LR gap on 64 px photos (45% without)
-        and all of the MNIST corner gap, but collapsed the mask on one of two
-        seeds of a 32 px colour-background split (with a warning): see the
-        docs' Results. The probe trains at the start of every ``fit`` and
+        and all of the MNIST corner gap, but collapsed the mask on three of
+        five seeds of a 32 px colour-background split (with a warning): see
+        the docs' Results. The probe trains at the start of every ``fit`` and
         ``partial_fit`` call on that call's training images (30 epochs of a
         three-layer convolution of width 16).
     hard_mask : bool or "auto", default="auto"
