@@ -199,7 +199,9 @@ def outputs(est, cfg, X_eval):
         check = est.removal_check_
         if check is not None:
             for k in sorted(check):
-                out["removal_check_" + k] = np.array([float(check[k])], dtype=np.float64)
+                value = check[k]  # numbers, and the name of the worst brightness third
+                out["removal_check_" + k] = (np.array([value]) if isinstance(value, str) else
+                                             np.array([float(value)], dtype=np.float64))
         if est.groups_ is not None:
             out["groups_inferred"] = np.asarray(est.groups_, dtype=np.float64)
         out["fallback"] = np.array([float(est.fallback_)])
