@@ -80,10 +80,11 @@ def train_probe(images, n, groups, seed, *, device, epochs=None, lr=None):
     with torch.autocast(device_type=torch.device(device).type, enabled=False):
         for _ in range(epochs):
             order = torch.randperm(n, generator=order_generator)
+            order_on_device = order.to(groups.device)  # one copy an epoch, not one a batch
             for start in range(0, n, PROBE_BATCH):
                 rows = order[start:start + PROBE_BATCH]
                 logits = probe(images(rows).float())
-                on_device = rows.to(groups.device)
+                on_device = order_on_device[start:start + PROBE_BATCH]
                 target = groups[on_device][:, None, None].expand(-1, *logits.shape[-2:])
                 ce = F.cross_entropy(logits, target, reduction="none").mean((1, 2))
                 loss = (ce * weights[on_device]).mean()
